@@ -1,0 +1,5 @@
+import sys
+
+from bioscale.cli import main
+
+sys.exit(main())
