@@ -1,0 +1,56 @@
+"""Typed configuration of a learning rule and of its two optimizers.
+
+Fields left at `None` take the rule's default (see `algorithms.rules`); a field
+that does not apply to the chosen rule must stay `None`, otherwise building the
+rule raises (e.g. an inverse loss with BP)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+RULES = ("bp", "fa", "dfa", "dtp", "sdtp", "aosdtp")
+SCHEDULES = ("parallel", "alternating")
+INVERSE_LOSSES = ("denoising", "noise_preserving")
+
+
+@dataclass
+class RuleConfig:
+    rule: str = "sdtp"
+    """Learning rule: bp | fa | dfa | dtp | sdtp | aosdtp."""
+    schedule: str | None = None
+    """TP rules only: 'parallel' (forward and inverse losses every batch) or 'alternating'
+    (one full epoch of inverse training, then one of forward training). Default parallel."""
+    inverse_loss: str | None = None
+    """TP rules only: 'denoising' ‖h − g(f(h+ε))‖² or 'noise_preserving' ‖(h+ε) − g(f(h+ε))‖².
+    Default: noise_preserving for DTP (Lee et al.), denoising for SDTP/AO-SDTP (the paper)."""
+    sigma: float | None = None
+    """TP rules only: std of the Gaussian noise ε used to train the inverses. Default 0.1."""
+    alpha: float | None = None
+    """DTP only: step size of the penultimate target ĥ_{L-1} = h_{L-1} − α ∂L/∂h_{L-1}, with L the
+    loss *summed* over the batch (Lee et al. used the batch mean: their α equals ours × batch). Default 0.1."""
+    aux_dim: int | None = None
+    """AO-SDTP only: units of the fixed random auxiliary output z = R h_{L-1}. Default 512."""
+    feedback_seed: int = 1234
+    """FA/DFA: seed of the fixed random feedback matrices; AO-SDTP: of the auxiliary projection."""
+
+
+@dataclass
+class AdamConfig:
+    lr: float = 1e-4
+    """Learning rate (the paper searched log-uniform [1e-5, 3e-4])."""
+    beta1: float = 0.9
+    """Adam β1 (fixed to 0.9 in the paper)."""
+    beta2: float = 0.999
+    """Adam β2 (the paper searched {0.99, 0.999})."""
+    eps: float = 1e-8
+    """Adam ε (the paper searched {1e-4, 1e-6, 1e-8})."""
+    weight_decay: float = 0.0
+    """L2 weight decay (not used by the paper)."""
+
+
+@dataclass
+class OptimConfig:
+    forward: AdamConfig = field(default_factory=AdamConfig)
+    """Optimizer of the forward weights θ (every rule)."""
+    inverse: AdamConfig = field(default_factory=AdamConfig)
+    """Optimizer of the inverse (feedback) weights λ (TP rules only; ignored otherwise)."""
