@@ -1,1 +1,31 @@
-"""distributed"""
+"""distributed: the process environment (SLURM / torchrun / DeepSpeed launcher /
+single) and the torch.distributed process group. Nothing above this package
+reads RANK or SLURM_* variables itself."""
+
+from distributed.environment import (
+    LAUNCHERS,
+    DistEnv,
+    LaunchEnvironmentError,
+    detect_launcher,
+    expand_nodelist,
+    read_environment,
+)
+from distributed.process_group import (
+    all_reduce_sum,
+    barrier,
+    default_backend,
+    exit_process,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_initialized,
+    is_main_process,
+    shutdown,
+)
+
+__all__ = [
+    "LAUNCHERS", "DistEnv", "LaunchEnvironmentError", "detect_launcher", "expand_nodelist",
+    "read_environment", "all_reduce_sum", "barrier", "default_backend", "exit_process",
+    "get_rank", "get_world_size", "init_distributed", "is_initialized", "is_main_process",
+    "shutdown",
+]
