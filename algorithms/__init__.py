@@ -1,1 +1,11 @@
-"""algorithms"""
+"""Learning rules (BP, FA, DFA, DTP, SDTP, AO-SDTP) as what crosses each block boundary
+in the backward pass; inverse losses; schedules; optimizers; BP-angle diagnostics.
+
+Knows nothing of data or the cluster."""
+
+from algorithms.config import INVERSE_LOSSES, RULES, SCHEDULES, AdamConfig, OptimConfig, RuleConfig
+from algorithms.learner import Learner, StepOutput, build_learner
+from algorithms.rules import RULE_CLASSES, Rule, build_rule
+
+__all__ = ["INVERSE_LOSSES", "RULES", "RULE_CLASSES", "SCHEDULES", "AdamConfig", "Learner", "OptimConfig",
+           "Rule", "RuleConfig", "StepOutput", "build_learner", "build_rule"]

@@ -1,0 +1,245 @@
+"""Learning rules as block-boundary feedback. A rule says, for each block, how its output
+h_l is connected to its input in the graph (`hidden`, `top`) and which inverse losses
+train the feedback path (`inverse_losses`). The training step is always
+`loss.backward(); optimizer.step()`.
+
+    BP      plain autograd
+    FA      autograd with a fixed random B_l in place of W_l for every input gradient
+    DFA     every hidden layer gets B_l·e from the output error e
+    DTP     difference targets below; penultimate target h − α ∂L/∂h (L summed over the batch)
+    SDTP    difference targets everywhere; top target = one-hot label in probability space
+    AO-SDTP SDTP whose output is [o, z], z a fixed random projection of h_{L-1}
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from algorithms.config import INVERSE_LOSSES, RULES, SCHEDULES, RuleConfig
+from algorithms.feedback import DifferenceTarget, DirectFeedback, FeedbackTrace, FixedTopSignal, ScaleGrad
+from models.init import glorot_uniform_
+
+PHASES = ("both", "forward", "inverse")
+
+
+class Rule:
+    name = ""
+    target_propagation = False
+    """Whether the rule learns inverses g_l (and so has an inverse loss, σ and a schedule)."""
+    uses_output_inverse = False
+    aux_dim = 0
+
+    def __init__(self, cfg: RuleConfig):
+        self.cfg = cfg
+        self.validate(cfg)
+
+    # ---- configuration -------------------------------------------------------------------
+    def validate(self, cfg: RuleConfig) -> None:
+        if not self.target_propagation:
+            for key in ("schedule", "inverse_loss", "sigma"):
+                if getattr(cfg, key) is not None:
+                    raise ValueError(f"algorithm.{key}={getattr(cfg, key)!r} does not apply to rule {self.name!r} "
+                                     f"(it learns no inverses); remove it")
+        if cfg.alpha is not None and self.name != "dtp":
+            raise ValueError(f"algorithm.alpha applies to rule 'dtp' only, not {self.name!r}")
+        if cfg.aux_dim is not None and self.name != "aosdtp":
+            raise ValueError(f"algorithm.aux_dim applies to rule 'aosdtp' only, not {self.name!r}")
+
+    @property
+    def schedule(self) -> str:
+        return "parallel"
+
+    def phase_for_epoch(self, epoch: int) -> str:
+        """'both' every batch, or for the alternating schedule one full epoch of inverse
+        training (even epochs, starting with the first) then one of forward training."""
+        if self.schedule == "alternating":
+            return "inverse" if epoch % 2 == 0 else "forward"
+        return "both"
+
+    # ---- graph construction --------------------------------------------------------------
+    def init_feedback(self, net, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Fixed random feedback matrices this rule needs, by buffer name."""
+        return {}
+
+    def hidden(self, l: int, block, h_prev: torch.Tensor, trace: FeedbackTrace, feedback) -> torch.Tensor:
+        raise NotImplementedError
+
+    def top(self, l: int, block, h_prev: torch.Tensor, y: torch.Tensor, trace: FeedbackTrace, feedback) -> torch.Tensor:
+        raise NotImplementedError
+
+    def inverse_layers(self, depth: int) -> list[int]:
+        """Layers l whose inverse g_l is trained (1-based; never the first)."""
+        return []
+
+    def inverse_losses(self, net, hs: list[torch.Tensor], noise: dict[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
+        return {}
+
+
+class BP(Rule):
+    name = "bp"
+
+    def hidden(self, l, block, h_prev, trace, feedback):
+        return block(h_prev)
+
+    def top(self, l, block, h_prev, y, trace, feedback):
+        return block(h_prev)
+
+
+class FA(Rule):
+    name = "fa"
+
+    def init_feedback(self, net, generator):
+        out = {}
+        for l, block in enumerate(net.blocks, 1):
+            if l > 1:  # the first layer's input gradient is never needed
+                w = block.layer.weight
+                b = torch.empty(w.shape, dtype=torch.float64)
+                glorot_uniform_(b, block.layer.fan_in, block.layer.fan_out, generator)
+                out[f"feedback_{l}"] = b.to(w.dtype)
+        return out
+
+    def hidden(self, l, block, h_prev, trace, feedback):
+        return block(h_prev, feedback.get(f"feedback_{l}"))
+
+    def top(self, l, block, h_prev, y, trace, feedback):
+        return block(h_prev, feedback[f"feedback_{l}"])
+
+
+class DFA(Rule):
+    name = "dfa"
+
+    def init_feedback(self, net, generator):
+        out, classes = {}, net.num_classes
+        for l, block in enumerate(net.blocks[:-1], 1):
+            n = math.prod(block.out_shape)
+            b = torch.empty(classes, n, dtype=torch.float64)
+            glorot_uniform_(b, classes, n, generator)
+            out[f"feedback_{l}"] = b.to(block.layer.weight.dtype)
+        return out
+
+    def hidden(self, l, block, h_prev, trace, feedback):
+        if l == 1:
+            return block(h_prev)
+        return DirectFeedback.apply(block(h_prev.detach()), h_prev, feedback[f"feedback_{l - 1}"], trace, False)
+
+    def top(self, l, block, h_prev, y, trace, feedback):
+        return DirectFeedback.apply(block(h_prev.detach()), h_prev, feedback[f"feedback_{l - 1}"], trace, True)
+
+
+class TargetPropagation(Rule):
+    target_propagation = True
+    default_inverse_loss = "denoising"
+
+    def validate(self, cfg):
+        super().validate(cfg)
+        if cfg.schedule is not None and cfg.schedule not in SCHEDULES:
+            raise ValueError(f"algorithm.schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+        if cfg.inverse_loss is not None and cfg.inverse_loss not in INVERSE_LOSSES:
+            raise ValueError(f"algorithm.inverse_loss must be one of {INVERSE_LOSSES}, got {cfg.inverse_loss!r}")
+        if cfg.sigma is not None and not (cfg.sigma >= 0 and math.isfinite(cfg.sigma)):
+            raise ValueError(f"algorithm.sigma must be a finite number >= 0, got {cfg.sigma!r}")
+
+    @property
+    def schedule(self) -> str:
+        return self.cfg.schedule or "parallel"
+
+    @property
+    def inverse_loss(self) -> str:
+        return self.cfg.inverse_loss or self.default_inverse_loss
+
+    @property
+    def sigma(self) -> float:
+        return 0.1 if self.cfg.sigma is None else float(self.cfg.sigma)
+
+    def hidden(self, l, block, h_prev, trace, feedback):
+        if l == 1:
+            return block(h_prev)
+        return DifferenceTarget.apply(block(h_prev.detach()), h_prev, block, trace)
+
+    def inverse_layers(self, depth):
+        return list(range(2, depth + 1 if self.uses_output_inverse else depth))
+
+    def inverse_losses(self, net, hs, noise):
+        """Σ_batch ½‖target − g_l(f_l(h_{l-1} + ε))‖², f under no_grad, h_{l-1} detached.
+        `noise[l]` (optional) is the ε added to h_{l-1}; otherwise ε ~ N(0, σ²)."""
+        losses = {}
+        for l in self.inverse_layers(net.depth):
+            block, h_prev = net.blocks[l - 1], hs[l - 1].detach()
+            eps = noise[l] if noise is not None and l in noise else torch.randn_like(h_prev) * self.sigma
+            h_noisy = h_prev + eps
+            is_top = l == net.depth
+            if is_top:
+                with torch.no_grad():
+                    p = torch.softmax(block(h_noisy), dim=1)
+                    z = block.aux_output(h_noisy) if self.aux_dim else None
+                rec = block.inverse(p, z) if z is not None else block.inverse(p)
+            else:
+                with torch.no_grad():
+                    f_out = block(h_noisy)
+                rec = block.inverse(f_out)
+            target = h_prev if self.inverse_loss == "denoising" else h_noisy
+            losses[l] = 0.5 * (rec - target).pow(2).sum()
+        return losses
+
+
+class DTP(TargetPropagation):
+    name = "dtp"
+    default_inverse_loss = "noise_preserving"  # Lee et al. 2015
+
+    def validate(self, cfg):
+        super().validate(cfg)
+        if cfg.alpha is not None and not (cfg.alpha > 0 and math.isfinite(cfg.alpha)):
+            raise ValueError(f"algorithm.alpha must be a finite number > 0, got {cfg.alpha!r}")
+
+    @property
+    def alpha(self) -> float:
+        return 0.1 if self.cfg.alpha is None else float(self.cfg.alpha)
+
+    def top(self, l, block, h_prev, y, trace, feedback):
+        # ĥ_{L-1} = h_{L-1} − α ∂L/∂h_{L-1}: a gradient step through the output layer (as in DTP).
+        return block(ScaleGrad.apply(h_prev, self.alpha))
+
+
+class SDTP(TargetPropagation):
+    name = "sdtp"
+    uses_output_inverse = True
+
+    def _top_delta(self, block, logits, h_prev, y):
+        with torch.no_grad():
+            p = torch.softmax(logits, dim=1)
+            onehot = F.one_hot(y, p.shape[1]).to(p.dtype)
+            if self.aux_dim:
+                z = block.aux_output(h_prev)
+                return block.inverse(p, z) - block.inverse(onehot, z)
+            return block.inverse(p) - block.inverse(onehot)
+
+    def top(self, l, block, h_prev, y, trace, feedback):
+        # ĥ_L = argmin L = onehot(y) in probability space; δ_{L-1} = g_L(p) − g_L(onehot).
+        logits = block(h_prev.detach())
+        delta = self._top_delta(block, logits, h_prev.detach(), y)
+        return FixedTopSignal.apply(logits, h_prev, delta, trace)
+
+
+class AOSDTP(SDTP):
+    name = "aosdtp"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.aux_dim = 512 if cfg.aux_dim is None else int(cfg.aux_dim)
+        if self.aux_dim < 1:
+            raise ValueError(f"algorithm.aux_dim must be >= 1, got {cfg.aux_dim!r}")
+
+
+RULE_CLASSES: dict[str, type[Rule]] = {cls.name: cls for cls in (BP, FA, DFA, DTP, SDTP, AOSDTP)}
+assert tuple(RULE_CLASSES) == RULES
+
+
+def build_rule(cfg: RuleConfig) -> Rule:
+    try:
+        cls = RULE_CLASSES[cfg.rule]
+    except KeyError:
+        raise ValueError(f"unknown rule {cfg.rule!r}; known: {', '.join(RULES)}") from None
+    return cls(cfg)

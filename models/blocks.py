@@ -1,0 +1,125 @@
+"""Blocks: a forward function f_l and, for target propagation, its learned inverse g_l.
+
+    hidden block:  f(h) = pool(tanh(layer(h)))      g(h') = tanh(layerᵀ(poolᵀ(h')) + c)
+    output block:  f(h) = W·flatten(h) + b (logits)  g(p[, z]) = tanh(V·[p, z] + c)
+
+g maps the block's output space back to its input space (same shape as h_{l-1}).
+The output block's inverse reads softmax *probabilities* p (SDTP's top target is
+the one-hot label in that space) and, for AO-SDTP, the auxiliary output z.
+Learning rules never reach inside a block: they call `forward`, `inverse`,
+`aux_output` and read `layer` (the weight-carrying module, for feedback alignment).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from models.conv import Conv2dSame, ConvTranspose2dSame
+from models.dense import Dense
+from models.locally_connected import LocallyConnected2d, LocallyConnectedTranspose2d
+from models.pooling import AvgPool
+
+Shape = tuple[int, ...]
+
+
+class HiddenBlock(nn.Module):
+    def __init__(self, layer: nn.Module, in_shape: Shape, out_shape: Shape,
+                 inverse_layer: nn.Module | None = None, pool: AvgPool | None = None):
+        super().__init__()
+        self.layer, self.inverse_layer, self.pool = layer, inverse_layer, pool
+        self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
+        # Dense layers read a flat vector; spatial layers read (C, H, W).
+        self.flatten_input = isinstance(layer, Dense)
+
+    @property
+    def has_inverse(self) -> bool:
+        return self.inverse_layer is not None
+
+    def check_input(self, h: torch.Tensor) -> None:
+        if tuple(h.shape[1:]) != self.in_shape:
+            raise ValueError(f"{self._name()} expects input of shape (N, {', '.join(map(str, self.in_shape))}), "
+                             f"got {tuple(h.shape)}")
+
+    def _name(self) -> str:
+        return f"{type(self.layer).__name__} block"
+
+    def forward(self, h: torch.Tensor, feedback_weight: torch.Tensor | None = None) -> torch.Tensor:
+        x = h.flatten(1) if self.flatten_input else h
+        a = torch.tanh(self.layer(x, feedback_weight))
+        return self.pool(a) if self.pool is not None else a
+
+    def inverse(self, h: torch.Tensor) -> torch.Tensor:
+        if self.inverse_layer is None:
+            raise RuntimeError(f"{self._name()} was built without an inverse")
+        u = self.pool.adjoint(h) if self.pool is not None else h
+        return torch.tanh(self.inverse_layer(u)).reshape(-1, *self.in_shape)
+
+
+class OutputBlock(nn.Module):
+    def __init__(self, in_shape: Shape, num_classes: int, with_inverse: bool, aux_dim: int = 0,
+                 aux_seed: int = 0, device=None, dtype=None):
+        super().__init__()
+        self.in_shape, self.out_shape = tuple(in_shape), (int(num_classes),)
+        in_features = math.prod(self.in_shape)
+        self.layer = Dense(in_features, num_classes, device=device, dtype=dtype)
+        self.aux_dim = int(aux_dim)
+        if self.aux_dim:
+            # AO-SDTP's auxiliary output: a fixed (never trained) random projection of h_{L-1}.
+            g = torch.Generator().manual_seed(aux_seed)
+            proj = torch.randn(self.aux_dim, in_features, generator=g, dtype=torch.float64) / math.sqrt(in_features)
+            self.register_buffer("aux_projection", proj.to(device=device, dtype=dtype or torch.get_default_dtype()))
+        self.inverse_layer = (Dense(num_classes + self.aux_dim, in_features, device=device, dtype=dtype)
+                              if with_inverse else None)
+
+    @property
+    def has_inverse(self) -> bool:
+        return self.inverse_layer is not None
+
+    def check_input(self, h: torch.Tensor) -> None:
+        if tuple(h.shape[1:]) != self.in_shape:
+            raise ValueError(f"output block expects input of shape (N, {', '.join(map(str, self.in_shape))}), "
+                             f"got {tuple(h.shape)}")
+
+    def forward(self, h: torch.Tensor, feedback_weight: torch.Tensor | None = None) -> torch.Tensor:
+        return self.layer(h.flatten(1), feedback_weight)
+
+    def aux_output(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.aux_dim:
+            raise RuntimeError("output block was built without an auxiliary output (aux_dim=0)")
+        return h.flatten(1) @ self.aux_projection.t()
+
+    def inverse(self, p: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        if self.inverse_layer is None:
+            raise RuntimeError("output block was built without an inverse")
+        if (z is None) != (self.aux_dim == 0):
+            raise ValueError("the output inverse reads [p, z] exactly when the block has an auxiliary output")
+        u = p if z is None else torch.cat([p, z], dim=1)
+        return torch.tanh(self.inverse_layer(u)).reshape(-1, *self.in_shape)
+
+
+def dense_block(in_shape: Shape, units: int, with_inverse: bool, device=None, dtype=None) -> HiddenBlock:
+    in_features = math.prod(in_shape)
+    layer = Dense(in_features, units, device=device, dtype=dtype)
+    inverse = Dense(units, in_features, device=device, dtype=dtype) if with_inverse else None
+    return HiddenBlock(layer, in_shape, (units,), inverse)
+
+
+def spatial_block(kind: str, in_shape: Shape, channels: int, kernel: int, stride: int, padding,
+                  pool: tuple[int, int] | None, with_inverse: bool, device=None, dtype=None) -> HiddenBlock:
+    """An LC block (kind='lc') or its weight-shared twin (kind='conv'); pool = (kernel, stride) or None."""
+    if len(in_shape) != 3:
+        raise ValueError(f"a {kind} block needs a (C, H, W) input, got shape {in_shape}")
+    forward_cls, inverse_cls = {"lc": (LocallyConnected2d, LocallyConnectedTranspose2d),
+                                "conv": (Conv2dSame, ConvTranspose2dSame)}[kind]
+    c, h, w = in_shape
+    args = (c, channels, (h, w), kernel, stride, padding)
+    layer = forward_cls(*args, device=device, dtype=dtype)
+    inverse = inverse_cls(*args, device=device, dtype=dtype) if with_inverse else None
+    out_hw = layer.output_size
+    pool_mod = AvgPool(channels, out_hw, *pool) if pool else None
+    if pool_mod is not None:
+        out_hw = pool_mod.output_size
+    return HiddenBlock(layer, in_shape, (channels, *out_hw), inverse, pool_mod)

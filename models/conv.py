@@ -1,0 +1,106 @@
+"""Weight-shared twins of the LC layers: a convolution with the paper's (TensorFlow)
+padding rules, its transpose, and a feedback-alignment input gradient.
+
+`nn.Conv2d` cannot express TensorFlow's asymmetric SAME padding for even
+kernels or strides > 1, so the padding is applied explicitly."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.init import glorot_uniform_
+from models.locally_connected import _pair, resolve_padding
+
+
+class _ConvGeometry(nn.Module):
+    def _setup(self, in_channels, out_channels, input_size, kernel_size, stride, padding):
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.input_size, self.kernel_size, self.stride = _pair(input_size), _pair(kernel_size), _pair(stride)
+        self.padding = padding
+        self.pad_h, self.pad_w, self.output_size = resolve_padding(padding, self.input_size, self.kernel_size, self.stride)
+        kh, kw = self.kernel_size
+        self.fan_in, self.fan_out = self.in_channels * kh * kw, self.out_channels * kh * kw
+
+    def _pad(self, x):
+        return F.pad(x, (self.pad_w[0], self.pad_w[1], self.pad_h[0], self.pad_h[1]))
+
+    def _adjoint(self, y, weight):
+        """Adjoint of `conv(pad(x), weight)` w.r.t. x: transposed conv, then drop the padding."""
+        hp = self.input_size[0] + sum(self.pad_h)
+        wp = self.input_size[1] + sum(self.pad_w)
+        full_h = (self.output_size[0] - 1) * self.stride[0] + self.kernel_size[0]
+        full_w = (self.output_size[1] - 1) * self.stride[1] + self.kernel_size[1]
+        x = F.conv_transpose2d(y, weight, stride=self.stride, output_padding=0)
+        # Rows/cols of the padded input that no window touches get zero gradient.
+        x = F.pad(x, (0, wp - full_w, 0, hp - full_h))
+        return x[:, :, self.pad_h[0]: hp - self.pad_h[1], self.pad_w[0]: wp - self.pad_w[1]]
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, "
+                f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}")
+
+
+class _ConvFeedback(torch.autograd.Function):
+    """Convolution with W forward; input gradient through the transpose with B."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, feedback, layer):
+        xp = layer._pad(x)
+        ctx.save_for_backward(xp if weight.requires_grad else None, feedback)
+        ctx.layer, ctx.weight_shape = layer, weight.shape
+        return F.conv2d(xp, weight, bias, stride=layer.stride)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xp, feedback = ctx.saved_tensors
+        layer = ctx.layer
+        gx = layer._adjoint(grad, feedback) if ctx.needs_input_grad[0] else None
+        gw = (torch.nn.grad.conv2d_weight(xp, ctx.weight_shape, grad, stride=layer.stride)
+              if ctx.needs_input_grad[1] else None)
+        gb = grad.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None, None
+
+
+class Conv2dSame(_ConvGeometry):
+    """Convolution with the LC layer's constructor and padding semantics (weights shared)."""
+
+    def __init__(self, in_channels, out_channels, input_size, kernel_size, stride=1, padding="valid", bias=True,
+                 device=None, dtype=None):
+        super().__init__()
+        self._setup(in_channels, out_channels, input_size, kernel_size, stride, padding)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        glorot_uniform_(self.weight, self.fan_in, self.fan_out, generator)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor, feedback_weight: torch.Tensor | None = None) -> torch.Tensor:
+        if feedback_weight is not None:
+            return _ConvFeedback.apply(x, self.weight, self.bias, feedback_weight, self)
+        return F.conv2d(self._pad(x), self.weight, self.bias, stride=self.stride)
+
+
+class ConvTranspose2dSame(_ConvGeometry):
+    """Transpose of `Conv2dSame` (output space → input space), bias shared per input channel."""
+
+    def __init__(self, in_channels, out_channels, input_size, kernel_size, stride=1, padding="valid", bias=True,
+                 device=None, dtype=None):
+        super().__init__()
+        self._setup(in_channels, out_channels, input_size, kernel_size, stride, padding)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(in_channels, 1, 1, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        glorot_uniform_(self.weight, self.fan_out, self.fan_in, generator)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        x = self._adjoint(y, self.weight)
+        return x + self.bias if self.bias is not None else x

@@ -1,0 +1,54 @@
+"""Fully-connected layer with an optional feedback-alignment input gradient."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.init import glorot_uniform_
+
+
+class _LinearFeedback(torch.autograd.Function):
+    """y = x Wᵀ + b; the input gradient uses B in place of W (feedback alignment).
+
+    W is deliberately not saved: the input gradient must not depend on it."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, feedback):
+        ctx.save_for_backward(x if weight.requires_grad else None, feedback)
+        ctx.has_bias = bias is not None
+        out = x @ weight.t()
+        return out + bias if bias is not None else out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, feedback = ctx.saved_tensors
+        gx = grad @ feedback if ctx.needs_input_grad[0] else None
+        gw = grad.t() @ x if ctx.needs_input_grad[1] else None
+        gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None
+
+
+class Dense(nn.Module):
+    """`nn.Linear` with Glorot init and `forward(x, feedback_weight=None)`."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.fan_in, self.fan_out = self.in_features, self.out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        glorot_uniform_(self.weight, self.fan_in, self.fan_out, generator)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor, feedback_weight: torch.Tensor | None = None) -> torch.Tensor:
+        if feedback_weight is not None:
+            return _LinearFeedback.apply(x, self.weight, self.bias, feedback_weight)
+        return nn.functional.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
