@@ -20,6 +20,7 @@ from distributed.process_group import (
     init_distributed,
     is_initialized,
     is_main_process,
+    local_device,
     shutdown,
 )
 
@@ -27,5 +28,5 @@ __all__ = [
     "LAUNCHERS", "DistEnv", "LaunchEnvironmentError", "detect_launcher", "expand_nodelist",
     "read_environment", "all_reduce_sum", "barrier", "default_backend", "exit_process",
     "get_rank", "get_world_size", "init_distributed", "is_initialized", "is_main_process",
-    "shutdown",
+    "local_device", "shutdown",
 ]

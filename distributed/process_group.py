@@ -25,6 +25,20 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def local_device(env: DistEnv, device: str = "auto") -> torch.device:
+    """This rank's device for `distributed.device` (auto | cpu | cuda). The GPU
+    index wraps around the visible GPUs: under SLURM with --gpus-per-task each
+    task sees only "its" GPU as cuda:0, whatever its local rank."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("distributed.device=cuda but torch sees no CUDA device "
+                           f"(torch {torch.__version__}, CUDA build: {torch.version.cuda})")
+    return torch.device("cuda", env.local_rank % torch.cuda.device_count())
+
+
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -47,7 +61,7 @@ def init_distributed(env: DistEnv | None = None, backend: str | None = None,
                 f"environment says {env.rank}/{env.world_size}")
         return True
     if backend == "nccl":
-        torch.cuda.set_device(env.local_rank)
+        torch.cuda.set_device(local_device(env, "cuda"))
     # Export the env:// variables even under SLURM (where srun does not set
     # them): DeepSpeed and other libraries read them, and must agree with us.
     # Under torchrun they already hold these values, and env:// then reuses

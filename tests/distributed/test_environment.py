@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from distributed import (DistEnv, LaunchEnvironmentError, all_reduce_sum, barrier, expand_nodelist,
-                         init_distributed, is_main_process, read_environment, shutdown)
+                         init_distributed, is_main_process, local_device, read_environment, shutdown)
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("process_group_worker.py")
@@ -105,6 +105,19 @@ def test_single_process_helpers_are_identities():
     barrier()
     shutdown()
     assert is_main_process()
+
+
+def test_local_device():
+    env = read_environment(SLURM_STEP, isatty=False)
+    assert local_device(env, "cpu") == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert local_device(env, "auto").index == env.local_rank % torch.cuda.device_count()
+    else:
+        assert local_device(env, "auto") == torch.device("cpu")
+        with pytest.raises(RuntimeError, match="distributed.device=cuda but torch sees no CUDA device"):
+            local_device(env, "cuda")
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        local_device(env, "gpu")
 
 
 def _free_port(lo: int = 0, hi: int = 0) -> int:
