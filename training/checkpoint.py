@@ -114,9 +114,16 @@ class CheckpointManager:
         data = {"latest": records[-1].file, "step": records[-1].step, "checkpoints": [asdict(r) for r in records]}
         atomic_write_text(self.dir / MARKER, json.dumps(data, indent=1) + "\n")
 
+    def _scan(self) -> list[CheckpointRecord]:
+        """Records for the step_*.pt files on disk, oldest first, with no known
+        hash (sha256 "") — used when the marker is lost."""
+        files = [(int(m[1]), p) for p in self.dir.glob("step_*.pt") if (m := _NAME.match(p.name))]
+        return [CheckpointRecord(p.name, step, p.stat().st_size, "") for step, p in sorted(files)]
+
     def records(self) -> list[CheckpointRecord]:
-        """Checkpoints listed in the marker, oldest first."""
-        return self._read_marker() or []
+        """Checkpoints listed in the marker (or found on disk without one), oldest first."""
+        records = self._read_marker()
+        return self._scan() if records is None else records
 
     # --------------------------------------------------------------- save
 
@@ -145,36 +152,33 @@ class CheckpointManager:
     # --------------------------------------------------------------- load
 
     def _verify(self, record: CheckpointRecord) -> str | None:
-        """Why `record`'s file cannot be trusted, or None if it is intact."""
+        """Why `record`'s file cannot be trusted, or None if it is intact (as far
+        as known: a record from a scan has no hash)."""
         path = self.dir / record.file
         if not path.is_file():
             return "file is missing"
         size = path.stat().st_size
         if size != record.size:
             return f"size {size} bytes, expected {record.size} (truncated or partly written)"
-        if _sha256(path) != record.sha256:
+        if record.sha256 and _sha256(path) != record.sha256:
             return "sha256 does not match the one recorded at save time (corrupted)"
         return None
 
-    def _candidates(self) -> list[tuple[CheckpointRecord, bool]]:
-        """(record, verify?) newest first: the marker's list, or every step_*.pt
-        file if the marker is gone (then there are no hashes to check)."""
+    def _candidates(self) -> list[CheckpointRecord]:
+        """Records to try, newest first."""
         records = self._read_marker()
-        if records is not None:
-            listed = {r.file for r in records}
+        if records is None:
+            records = self._scan()
+            if records:
+                warnings.warn(f"{self.dir}: no usable '{MARKER}' marker; trying checkpoint files by step "
+                              f"without integrity check", CheckpointWarning, stacklevel=3)
+        elif records:
             newer = [p.name for p in self.dir.glob("step_*.pt")
-                     if p.name not in listed and records and int(_NAME.match(p.name)[1]) > records[-1].step]
+                     if (m := _NAME.match(p.name)) and int(m[1]) > records[-1].step]
             if newer:
                 warnings.warn(f"{self.dir}: ignoring {', '.join(sorted(newer))}: not recorded in "
                               f"'{MARKER}' (its save was interrupted)", CheckpointWarning, stacklevel=3)
-            return [(r, True) for r in reversed(records)]
-        files = sorted((p for p in self.dir.glob("step_*.pt") if _NAME.match(p.name)),
-                       key=lambda p: int(_NAME.match(p.name)[1]), reverse=True)
-        if files:
-            warnings.warn(f"{self.dir}: no '{MARKER}' marker; trying checkpoint files by step without "
-                          f"integrity check", CheckpointWarning, stacklevel=3)
-        return [(CheckpointRecord(p.name, int(_NAME.match(p.name)[1]), p.stat().st_size, ""), False)
-                for p in files]
+        return records[::-1]
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
         """The newest intact checkpoint's state, or None when the run has none.
@@ -185,9 +189,9 @@ class CheckpointManager:
         if not self.dir.is_dir():
             return None
         problems = []
-        for record, verify in self._candidates():
+        for record in self._candidates():
             path = self.dir / record.file
-            reason = self._verify(record) if verify else None
+            reason = self._verify(record)
             if reason is None:
                 try:
                     state = torch.load(path, map_location=map_location, weights_only=False)

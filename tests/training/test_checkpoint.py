@@ -104,6 +104,16 @@ def test_lost_marker_scans_files(tmp_path, marker):
     (tmp_path / "checkpoints" / "step_0000000003.pt").write_bytes(b"PK\x03\x04 torn")
     with pytest.warns(CheckpointWarning):
         assert ckpt.load_latest()["step"] == 2
+    with warnings.catch_warnings():  # the next save keeps what is on disk, not just itself
+        warnings.simplefilter("ignore", CheckpointWarning)
+        ckpt.save(state(4), 4)
+    assert saved_steps(tmp_path) == [2, 3, 4]
+    assert [r.sha256 != "" for r in ckpt.records()] == [False, False, True]
+    (tmp_path / "checkpoints" / "step_0000000004.pt").write_bytes(b"torn")
+    with pytest.warns(CheckpointWarning) as caught:
+        assert ckpt.load_latest()["step"] == 2
+    messages = " ".join(str(w.message) for w in caught)
+    assert "step_0000000004.pt: size 4 bytes" in messages and "step_0000000003.pt: torch.load failed" in messages
 
 
 def test_save_after_resuming_earlier_drops_the_abandoned_future(tmp_path):
