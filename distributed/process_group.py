@@ -44,12 +44,14 @@ def is_initialized() -> bool:
 
 
 def init_distributed(env: DistEnv | None = None, backend: str | None = None,
-                     timeout_s: float = 1800.0) -> bool:
+                     timeout_s: float = 1800.0, require_group: bool = False) -> bool:
     """Join the process group described by `env` (read from the environment if
-    None). Returns True when a process group is active, False for a single
-    process (nothing is started). Calling it twice is harmless."""
+    None). Returns True when a process group is active. A single process gets
+    none (False) unless `require_group` — DeepSpeed needs a group even alone;
+    that one-rank group uses an in-process store, so it binds no port and
+    cannot collide with another run on the machine. Calling it twice is harmless."""
     env = read_environment() if env is None else env
-    if env.world_size == 1:
+    if env.world_size == 1 and not require_group:
         return False
     backend = backend or default_backend()
     if backend not in BACKENDS:
@@ -63,14 +65,19 @@ def init_distributed(env: DistEnv | None = None, backend: str | None = None,
     if backend == "nccl":
         torch.cuda.set_device(local_device(env, "cuda"))
     # Export the env:// variables even under SLURM (where srun does not set
-    # them): DeepSpeed and other libraries read them, and must agree with us.
-    # Under torchrun they already hold these values, and env:// then reuses
-    # torchrun's own store instead of binding MASTER_PORT a second time.
+    # them): DeepSpeed asserts LOCAL_RANK is set and other libraries read them
+    # too, and they must agree with us. Under torchrun they already hold these
+    # values, and env:// then reuses torchrun's store instead of binding
+    # MASTER_PORT a second time.
     os.environ.update(MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port),
                       RANK=str(env.rank), WORLD_SIZE=str(env.world_size),
                       LOCAL_RANK=str(env.local_rank), LOCAL_WORLD_SIZE=str(env.local_world_size))
-    dist.init_process_group(backend=backend, init_method="env://", rank=env.rank,
-                            world_size=env.world_size, timeout=timedelta(seconds=timeout_s))
+    timeout = timedelta(seconds=timeout_s)
+    if env.world_size == 1:
+        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, init_method="env://", rank=env.rank,
+                                world_size=env.world_size, timeout=timeout)
     return True
 
 

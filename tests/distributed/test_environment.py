@@ -107,6 +107,21 @@ def test_single_process_helpers_are_identities():
     assert is_main_process()
 
 
+def test_one_process_group_on_request(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)  # init_distributed exports them; restored afterwards
+    env = read_environment({}, isatty=False)
+    try:
+        assert init_distributed(env, backend="gloo", require_group=True) is True
+        assert torch.distributed.get_world_size() == 1 and is_main_process()
+        assert all_reduce_sum(torch.tensor([4.0])).item() == 4.0
+        assert init_distributed(env, backend="gloo", require_group=True) is True  # idempotent
+        assert os.environ["LOCAL_RANK"] == "0"  # DeepSpeed asserts it is set
+    finally:
+        shutdown()
+    assert not torch.distributed.is_initialized()
+
+
 def test_local_device():
     env = read_environment(SLURM_STEP, isatty=False)
     assert local_device(env, "cpu") == torch.device("cpu")
