@@ -1,0 +1,37 @@
+"""`bioscale inspect PATH`: verify shards against their manifest (counts,
+checksums, every member decodes). PATH: a split directory, its
+manifest.json, or a directory of splits. Exit 1 naming shard and member on
+any damage."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="split directory, manifest.json, or the --out directory of prepare")
+    parser.add_argument("--workers", type=int, default=1, help="shards checked in parallel")
+    parser.add_argument("--no-decode", action="store_true", help="skip image decoding (checksums and labels only)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from data_pipeline.verify import find_splits, verify_split
+
+    status = 0
+    for split_dir in find_splits(args.path):
+        report = verify_split(split_dir, decode=not args.no_decode, workers=args.workers)
+        print(f"{report.path}: {report.dataset}/{report.split}: {report.num_samples} samples "
+              f"(manifest {report.expected}) in {report.shards} shards")
+        if report.classes:
+            width = max(len(c) for c in report.classes)
+            for c, name in enumerate(report.classes):
+                print(f"  {c:4d} {name:<{width}} {report.class_counts.get(c, 0)}")
+        for problem in report.problems:
+            print(f"DAMAGED {problem}", file=sys.stderr)
+        if report.ok:
+            print("  OK: checksums match, every member decodes")
+        else:
+            print(f"  {len(report.problems)} problem(s)", file=sys.stderr)
+            status = 1
+    return status
