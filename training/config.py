@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from algorithms.config import RULES, AdamConfig, OptimConfig, RuleConfig
+from training.atomic_files import atomic_write_text
 
 __all__ = ["ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "DistributedConfig",
            "ExperimentConfig", "load_config", "describe", "parse_override", "AdamConfig",
@@ -130,7 +131,7 @@ class ExperimentConfig:
         """Write the merged config; `load_config(path)` reads it back equal."""
         text = "# merged bioscale config: defaults <- experiment file <- overrides\n"
         text += yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
-        Path(path).write_text(text, encoding="utf-8")
+        atomic_write_text(path, text)  # a resume compares against it: never leave half a file
 
     @classmethod
     def describe(cls) -> str:
