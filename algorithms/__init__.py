@@ -9,3 +9,8 @@ from algorithms.rules import RULE_CLASSES, Rule, build_rule
 
 __all__ = ["INVERSE_LOSSES", "RULES", "RULE_CLASSES", "SCHEDULES", "AdamConfig", "Learner", "OptimConfig",
            "Rule", "RuleConfig", "StepOutput", "build_learner", "build_rule"]
+
+from algorithms.diagnostics import angles_to_bp, bp_directions, update_directions  # noqa: E402
+from algorithms.optim import Updater  # noqa: E402
+
+__all__ += ["Updater", "angles_to_bp", "bp_directions", "update_directions"]

@@ -1,0 +1,58 @@
+"""Separate Adam optimizers for forward (θ) and inverse (λ) weights, and the update step.
+
+Separate optimizers (not one with two param groups) because the alternating schedule
+steps only one of them per epoch: a shared Adam would keep moving the idle group on
+its momentum."""
+
+from __future__ import annotations
+
+import torch
+
+from algorithms.config import AdamConfig, OptimConfig
+from algorithms.learner import Learner, StepOutput
+
+
+def _adam(params, cfg: AdamConfig) -> torch.optim.Adam:
+    if not cfg.lr > 0:
+        raise ValueError(f"learning rate must be > 0, got {cfg.lr}")
+    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                            weight_decay=cfg.weight_decay)
+
+
+class Updater:
+    """Owns the optimizers of a learner and performs one training step."""
+
+    def __init__(self, learner: Learner, cfg: OptimConfig):
+        self.learner = learner
+        self.forward = _adam(learner.forward_parameters(), cfg.forward)
+        inverse_params = learner.inverse_parameters()
+        self.inverse = _adam(inverse_params, cfg.inverse) if inverse_params else None
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, phase: str = "both") -> StepOutput:
+        for opt in self.optimizers():
+            opt.zero_grad(set_to_none=True)
+        out = self.learner(x, y, phase=phase)
+        out.loss.backward()
+        if phase in ("both", "forward"):
+            self.forward.step()
+        if self.inverse is not None and phase in ("both", "inverse"):
+            self.inverse.step()
+        return out
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.forward] + ([self.inverse] if self.inverse is not None else [])
+
+    def learning_rates(self) -> dict[str, float]:
+        lrs = {"forward": self.forward.param_groups[0]["lr"]}
+        if self.inverse is not None:
+            lrs["inverse"] = self.inverse.param_groups[0]["lr"]
+        return lrs
+
+    def state_dict(self) -> dict:
+        return {"forward": self.forward.state_dict(),
+                "inverse": self.inverse.state_dict() if self.inverse is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.forward.load_state_dict(state["forward"])
+        if self.inverse is not None:
+            self.inverse.load_state_dict(state["inverse"])

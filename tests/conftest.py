@@ -1,0 +1,26 @@
+"""Suite-wide markers: `slow` runs only with BIOSCALE_SLOW=1 or `-m slow`; `gpu` runs only
+where CUDA is available (each GPU test has a CPU twin that always runs)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    markexpr = config.getoption("-m") or ""
+    run_slow = os.environ.get("BIOSCALE_SLOW") == "1" or "slow" in markexpr
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        has_gpu = False
+    skip_slow = pytest.mark.skip(reason="slow: set BIOSCALE_SLOW=1 or pass -m slow")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
