@@ -22,8 +22,10 @@ def _adam(params, cfg: AdamConfig) -> torch.optim.Adam:
 class Updater:
     """Owns the optimizers of a learner and performs one training step."""
 
-    def __init__(self, learner: Learner, cfg: OptimConfig):
-        self.learner = learner
+    def __init__(self, learner: Learner, cfg: OptimConfig, grad_sync=None):
+        """`grad_sync(params)`, if given, runs between backward and the optimizer steps
+        (the trainer passes a cross-rank gradient all-reduce)."""
+        self.learner, self.grad_sync = learner, grad_sync
         self.forward = _adam(learner.forward_parameters(), cfg.forward)
         inverse_params = learner.inverse_parameters()
         self.inverse = _adam(inverse_params, cfg.inverse) if inverse_params else None
@@ -33,6 +35,8 @@ class Updater:
             opt.zero_grad(set_to_none=True)
         out = self.learner(x, y, phase=phase)
         out.loss.backward()
+        if self.grad_sync is not None:
+            self.grad_sync([p for opt in self.optimizers() for g in opt.param_groups for p in g["params"]])
         if phase in ("both", "forward"):
             self.forward.step()
         if self.inverse is not None and phase in ("both", "inverse"):

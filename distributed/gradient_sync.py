@@ -1,0 +1,40 @@
+"""Data parallelism without a wrapper: after backward, sum every gradient over ranks.
+
+Why not `DistributedDataParallel`: the alternating schedule leaves the forward or the
+inverse weights without gradients for a whole epoch, and the boundary Functions of
+target propagation compute signals inside the backward; an explicit all-reduce after
+backward is exact and has no unused-parameter bookkeeping. SUM (not mean) because
+every loss here is summed over the batch: with SUM, R ranks × batch B give exactly
+the gradients of one process with batch R·B, for every rule."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from distributed.process_group import get_world_size
+
+
+def all_reduce_gradients(params, bucket_bytes: int = 32 << 20) -> None:
+    if get_world_size() == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    bucket, size = [], 0
+    for g in grads:
+        bucket.append(g)
+        size += g.numel() * g.element_size()
+        if size >= bucket_bytes:
+            _reduce(bucket)
+            bucket, size = [], 0
+    if bucket:
+        _reduce(bucket)
+
+
+def _reduce(tensors: list[torch.Tensor]) -> None:
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset:offset + n].view_as(t))
+        offset += n

@@ -1,0 +1,247 @@
+"""The training loop: one process, many processes (torchrun / SLURM / DeepSpeed launcher).
+
+The trainer owns the loop, evaluation, logging, checkpoints and resume; the learning
+rule (algorithms/) owns the update. Re-running the same command resumes from the
+newest good checkpoint in the run directory, into the same TensorBoard directory."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from algorithms import Updater, angles_to_bp, build_learner, build_rule
+from distributed import init_distributed, local_device, read_environment
+from distributed.gradient_sync import all_reduce_gradients
+from training.checkpoint import CheckpointManager, check_compatible, load_weights
+from training.config import ConfigError, ExperimentConfig
+from training.divergence import check_step, check_weights
+from training.evaluation import evaluate
+from training.metrics import MetricsLogger
+from training.progress import ProgressReporter
+from training.selection import select_epoch, write_result
+
+log = logging.getLogger("bioscale.train")
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig, init_from: str | None = None):
+        if not cfg.out:
+            raise ConfigError("no run directory: pass --out DIR (or set `out:` in the config)")
+        if not cfg.data.path:
+            raise ConfigError("no data: pass --data DIR (or set data.path in the config)")
+        try:
+            build_rule(cfg.algorithm)  # rule-specific checks before anything is started
+        except ValueError as exc:
+            raise ConfigError(f"config: {exc}") from None
+        self.cfg, self.run_dir = cfg, Path(cfg.out)
+        self.env = read_environment()
+        init_distributed(self.env, require_group=cfg.distributed.backend == "deepspeed")
+        self.device = local_device(self.env, cfg.distributed.device)
+        self.is_main = self.env.rank == 0
+        self.autocast = torch.bfloat16 if cfg.distributed.precision == "bf16" else None
+        self._build_data()
+        self.learner = build_learner(cfg.model.arch, cfg.algorithm, seed=cfg.seed, device=self.device,
+                                     dtype=DTYPES[cfg.model.dtype], input_shape=self.train_reader.image_shape,
+                                     num_classes=self.num_classes)
+        if init_from:
+            weights = load_weights(init_from)
+            check_compatible(self.learner.state_dict(), weights, init_from)
+            self.learner.load_state_dict(weights)
+        self.updater = self._build_updater()
+        self.checkpoints = CheckpointManager(self.run_dir, keep=cfg.train.keep_checkpoints)
+        self.step, self.epoch, self.history = 0, 0, []
+        self.epoch_stats = torch.zeros(3, dtype=torch.float64)  # errors, samples, loss this epoch
+        # Noise for inverse losses and data order differ per rank; weights were seeded identically.
+        torch.manual_seed(cfg.seed * 7919 + self.env.rank)
+        random.seed(cfg.seed * 7919 + self.env.rank)
+
+    # ------------------------------------------------------------------ setup
+    def _build_data(self):
+        from data_pipeline import build_reader, open_split
+
+        cfg, root = self.cfg, Path(self.cfg.data.path)
+        common = dict(kind=cfg.data.reader, rank=self.env.rank, world_size=self.env.world_size, seed=cfg.seed,
+                      num_workers=cfg.data.num_workers, augment=cfg.data.augment,
+                      device="cpu" if self.device.type == "cpu" else str(self.device))
+        info = open_split(root / "train")
+        self.num_classes = info.num_classes
+        self.train_reader = build_reader(info, train=True, batch_size=cfg.data.batch_size_per_rank, **common)
+        eval_batch = cfg.data.eval_batch_size_per_rank or cfg.data.batch_size_per_rank
+        self.eval_readers = {split: build_reader(root / split, train=False, batch_size=eval_batch, **common)
+                             for split in cfg.train.eval_splits}
+        if self.is_main:
+            log.info("data %s: %d training samples, %d classes, input %s, global batch %d (%d × %d ranks)",
+                     root, info.num_samples, info.num_classes, self.train_reader.image_shape,
+                     cfg.data.batch_size_per_rank * self.env.world_size, cfg.data.batch_size_per_rank,
+                     self.env.world_size)
+
+    def _build_updater(self):
+        if self.cfg.distributed.backend == "deepspeed":
+            from distributed.deepspeed_engine import DeepSpeedUpdater
+
+            return DeepSpeedUpdater(self.learner, self.cfg.optim, self.cfg.distributed,
+                                    self.cfg.data.batch_size_per_rank)
+        return Updater(self.learner, self.cfg.optim, grad_sync=all_reduce_gradients)
+
+    # ------------------------------------------------------------- checkpoint
+    def _state(self) -> dict:
+        return {"model": self.learner.state_dict(), "optim": self.updater.state_dict(), "step": self.step,
+                "epoch": self.epoch, "history": list(self.history), "reader": self.train_reader.state_dict(),
+                "epoch_stats": self.epoch_stats.clone(), "config": self.cfg.to_dict(),
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+
+    def save_checkpoint(self):
+        check_weights(self.step, self.learner)  # never save NaN weights over the last good state
+        self.metrics.flush()
+        if self.is_main:
+            self.checkpoints.save(self._state(), self.step)
+
+    def _resume(self) -> int | None:
+        state = self.checkpoints.load_latest(map_location=self.device)
+        if state is None:
+            return None
+        saved = state["config"]
+        for section in ("model", "algorithm"):
+            if saved[section] != self.cfg.to_dict()[section]:
+                raise ConfigError(f"{self.run_dir} holds a run with a different {section} config "
+                                  f"({saved[section]}); use another --out or the same config")
+        self.learner.load_state_dict(state["model"])
+        self.updater.load_state_dict(state["optim"])
+        self.step, self.epoch, self.history = state["step"], state["epoch"], state["history"]
+        self.train_reader.load_state_dict(state["reader"])
+        self.epoch_stats = state["epoch_stats"].to(torch.float64)
+        # RNG states are per rank; rank 0's is restored, others re-seed from step.
+        if self.env.rank == 0:
+            torch.set_rng_state(state["rng"]["torch"].cpu())
+            random.setstate(state["rng"]["python"])
+        else:
+            torch.manual_seed(self.cfg.seed * 7919 + self.env.rank + self.step)
+        if self.is_main:
+            log.info("resumed %s at step %d (epoch %d)", self.run_dir, self.step, self.epoch)
+        return self.step
+
+    # ------------------------------------------------------------------- loop
+    def fit(self) -> dict:
+        cfg = self.cfg
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save_yaml(self.run_dir / "config.yaml")
+        resume_step = self._resume()
+        self.metrics = MetricsLogger(self.run_dir, enabled=self.is_main, resume_step=resume_step)
+        try:
+            while self.epoch < cfg.train.epochs:
+                self._train_epoch()
+                self._end_epoch()
+            result = self._finish()
+        finally:
+            self.metrics.close()
+        return result
+
+    def _train_epoch(self):
+        cfg, rule = self.cfg, self.learner.rule
+        phase = rule.phase_for_epoch(self.epoch)
+        self.train_reader.set_epoch(self.epoch)
+        total = len(self.train_reader) if cfg.train.max_steps_per_epoch is None else min(
+            len(self.train_reader), cfg.train.max_steps_per_epoch)
+        done = self.train_reader.state_dict()["batch"]
+        if done >= total:
+            return
+        progress = ProgressReporter(total - done, desc=f"epoch {self.epoch} ({phase})", enabled=self.is_main,
+                                    every_steps=cfg.train.log_every_steps)
+        data_time = step_time = 0.0
+        images_seen, t_last = 0, time.perf_counter()
+        for x, y in self.train_reader:
+            t0 = time.perf_counter()
+            data_time += t0 - t_last
+            x = x.to(self.device, DTYPES[cfg.model.dtype], non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                out = self.updater.step(x, y, phase)
+            self.step += 1
+            done += 1
+            check_step(self.step, out)
+            n = y.numel()
+            errors = (out.logits.argmax(1) != y).sum().item()
+            self.epoch_stats += torch.tensor([errors, n, out.task_loss.item()], dtype=torch.float64)
+            images_seen += n
+            t_last = time.perf_counter()
+            step_time += t_last - t0
+            progress.update(1, loss=out.task_loss.item() / max(n, 1))
+            if self.step % cfg.train.log_every_steps == 0:
+                self._log_train(out, n, errors, images_seen, data_time, step_time)
+                data_time = step_time = 0.0
+                images_seen = 0
+            if cfg.train.angle_every_steps and self.step % cfg.train.angle_every_steps == 0 and self.is_main:
+                angles = angles_to_bp(self.learner, x, y)
+                self.metrics.log_scalars(self.step, {f"layer{l}/angle_to_bp_deg": a for l, a in angles.items()})
+            if cfg.train.checkpoint_every_steps and self.step % cfg.train.checkpoint_every_steps == 0:
+                self.save_checkpoint()
+            if done >= total:
+                break
+        progress.close()
+
+    def _log_train(self, out, n, errors, images_seen, data_time, step_time):
+        world = self.env.world_size
+        scalars = {"train/loss": out.task_loss.item() / max(n, 1), "train/top1_err": errors / max(n, 1),
+                   "perf/images_per_sec": images_seen * world / max(data_time + step_time, 1e-9),
+                   "perf/data_time_pct": 100.0 * data_time / max(data_time + step_time, 1e-9)}
+        for name, lr in self.updater.learning_rates().items():
+            scalars[f"opt/lr_{name}"] = lr
+        for l, v in out.trace.local_losses.items():
+            scalars[f"layer{l}/local_loss"] = v.item() / max(n, 1)
+        for l, v in out.inverse_losses.items():
+            scalars[f"layer{l}/inverse_loss"] = v.item() / max(n, 1)
+        self.metrics.log_scalars(self.step, scalars)
+        check_weights(self.step, self.learner)
+
+    def _end_epoch(self):
+        from distributed import all_reduce_sum
+
+        stats = all_reduce_sum(self.epoch_stats.clone())
+        record = {"epoch": self.epoch, "train_top1_err": stats[0].item() / max(stats[1].item(), 1),
+                  "train_loss": stats[2].item() / max(stats[1].item(), 1)}
+        for split, reader in self.eval_readers.items():
+            res = evaluate(self.learner.net, reader, self.device, self.autocast)
+            record[f"{split}_top1_err"] = res["top1_err"]
+            record[f"{split}_top5_err"] = res.get("top5_err")
+        scalars = {"epoch/train_top1_err": record["train_top1_err"]}
+        for split in self.eval_readers:
+            scalars[f"{split}/top1_err"] = record[f"{split}_top1_err"]
+            if record[f"{split}_top5_err"] is not None:
+                scalars[f"{split}/top5_err"] = record[f"{split}_top5_err"]
+        self.metrics.log_scalars(self.step, scalars)
+        if self.is_main:
+            log.info("epoch %d: %s", self.epoch, ", ".join(f"{k}={v:.4f}" for k, v in record.items()
+                                                          if isinstance(v, float)))
+        self.history.append(record)
+        self.epoch += 1
+        self.epoch_stats.zero_()
+        self.save_checkpoint()
+        if self.is_main and "val" in self.eval_readers:
+            write_result(self.run_dir, select_epoch(self.history, self.cfg.train.selection_window),
+                         self._result_extra())
+
+    def _result_extra(self) -> dict:
+        return {"name": self.cfg.name, "arch": self.cfg.model.arch, "rule": self.cfg.algorithm.rule,
+                "world_size": self.env.world_size, "steps": self.step, "history": self.history}
+
+    def _finish(self) -> dict:
+        if "val" not in self.eval_readers:
+            return {"history": self.history}
+        selection = select_epoch(self.history, self.cfg.train.selection_window)
+        if self.is_main:
+            write_result(self.run_dir, selection, self._result_extra())
+            self.metrics.log_hparams(_hparams(self.cfg), selection.hparam_metrics(), step=self.step)
+        return {**selection.to_dict(), **self._result_extra()}
+
+
+def _hparams(cfg: ExperimentConfig) -> dict:
+    d = cfg.to_dict()
+    keep = {"model": d["model"], "algorithm": d["algorithm"], "optim": d["optim"],
+            "batch_size_per_rank": d["data"]["batch_size_per_rank"], "seed": d["seed"]}
+    return keep
