@@ -2,8 +2,22 @@
 
     y[n,o,i,j] = Σ_{c,a,b} W[i,j,o,c,a,b] · xpad[n,c,i·s+a,j·s+b] + bias[o,i,j]
 
-SIMPLE REFERENCE FORM (unfold + bmm). To be replaced by the fast batch-innermost
-form (see shared/notes/lc-layer-performance.md); the public interface stays.
+Interface: NCHW in and out (shapes). Memory layout, which is what makes the
+layer fast on a CPU (measured in BENCHMARKS.md):
+
+- Outputs are NCHW-*shaped* views of batch-innermost (H, W, C, N) memory, the
+  way `channels_last` tensors are NCHW-shaped. Element-wise ops (tanh, noise
+  from `randn_like`, `h - lr * grad`) keep that layout, so a chain
+  LC -> tanh -> LC never permutes. An input with standard NCHW strides is
+  converted once (`lc_ops.to_hwcn`). Use `.reshape`/`.flatten`, not `.view`,
+  on outputs; `.contiguous()` works but costs a slow 4-D permute copy.
+- `weight` is (L, O, K): L = Ho·Wo positions in row-major order, K = kh·kw·C
+  ordered (kh, kw, C). So `weight[i*Wo + j, o].view(kh, kw, C)` is the filter of
+  output unit (o, i, j), and `weight[l, o].view(kh, kw, C).permute(2, 0, 1)`
+  is in `nn.Conv2d` order (see `from_conv2d`).
+- `bias` is (O, Ho, Wo) for the layer, (C, H, W) for the transpose (untied).
+
+Kernels and the autograd Functions live in `models/lc_ops.py`.
 """
 
 from __future__ import annotations
@@ -11,11 +25,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.init import glorot_uniform_
-
+from models.lc_ops import Geometry, LCLinear, LCTransposeLinear, to_hwcn
 
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
@@ -53,7 +66,7 @@ def resolve_padding(padding, input_size, kernel_size, stride) -> tuple[tuple[int
 
 
 class _LCGeometry(nn.Module):
-    """Shape bookkeeping shared by the layer and its transpose."""
+    """Shape bookkeeping and checks shared by the layer and its transpose."""
 
     def _setup(self, in_channels, out_channels, input_size, kernel_size, stride, padding):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
@@ -64,22 +77,17 @@ class _LCGeometry(nn.Module):
         self.fan_in = self.in_channels * kh * kw
         self.fan_out = self.out_channels * kh * kw
         self.num_positions = self.output_size[0] * self.output_size[1]
+        self.geometry = Geometry(self.input_size, self.kernel_size, self.stride, (self.pad_h[0], self.pad_w[0]),
+                                 self.output_size)
 
     def weight_shape(self) -> tuple[int, int, int]:
         return (self.num_positions, self.out_channels, self.fan_in)
 
-    def _padded_size(self):
-        return (self.input_size[0] + sum(self.pad_h), self.input_size[1] + sum(self.pad_w))
-
-    def _unfold(self, x):  # (N, C, H, W) -> (L, N, K)
-        x = F.pad(x, (self.pad_w[0], self.pad_w[1], self.pad_h[0], self.pad_h[1]))
-        cols = F.unfold(x, self.kernel_size, stride=self.stride)  # (N, K, L)
-        return cols.permute(2, 0, 1)
-
-    def _fold(self, cols):  # (L, N, K) -> (N, C, H, W)
-        hp, wp = self._padded_size()
-        x = F.fold(cols.permute(1, 2, 0), (hp, wp), self.kernel_size, stride=self.stride)
-        return x[:, :, self.pad_h[0]: hp - self.pad_h[1], self.pad_w[0]: wp - self.pad_w[1]]
+    def _check(self, x: torch.Tensor, channels: int, size: tuple[int, int]) -> None:
+        expected = (channels, *size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"{type(self).__name__} expects input (N, {', '.join(map(str, expected))}), "
+                             f"got {tuple(x.shape)}")
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, "
@@ -87,40 +95,19 @@ class _LCGeometry(nn.Module):
                 f"output_size={self.output_size}")
 
 
-class _LCFeedback(torch.autograd.Function):
-    """LC forward with W; the input gradient uses a separate feedback weight B (feedback alignment)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, feedback, layer):
-        cols = layer._unfold(x)
-        ctx.save_for_backward(cols if weight.requires_grad else None, feedback)
-        ctx.layer = layer
-        out = torch.bmm(cols, weight.transpose(1, 2))  # (L, N, O)
-        n = x.shape[0]
-        out = out.permute(1, 2, 0).reshape(n, layer.out_channels, *layer.output_size)
-        return out + bias if bias is not None else out
-
-    @staticmethod
-    def backward(ctx, grad):
-        cols, feedback = ctx.saved_tensors
-        layer = ctx.layer
-        g = grad.reshape(grad.shape[0], layer.out_channels, -1).permute(2, 0, 1)  # (L, N, O)
-        gx = layer._fold(torch.bmm(g, feedback)) if ctx.needs_input_grad[0] else None
-        gw = torch.bmm(g.transpose(1, 2), cols) if ctx.needs_input_grad[1] else None
-        gb = grad.sum(0) if ctx.needs_input_grad[2] else None
-        return gx, gw, gb, None, None
-
-
 class LocallyConnected2d(_LCGeometry):
-    """Untied-weight convolution. Input and output are NCHW.
+    """Untied-weight convolution (N, C, H, W) -> (N, O, Ho, Wo).
 
     Args: in_channels, out_channels, input_size (H, W), kernel_size, stride,
-    padding ('same' | 'valid' | int | (int, int)), bias (untied: one per output unit)."""
+    padding ('same' | 'valid' | int | (int, int)), bias (untied: one per output
+    unit). `recompute_unfold` (keyword) stores the input instead of its unfold
+    for the backward: (k/s)² times less activation memory."""
 
     def __init__(self, in_channels, out_channels, input_size, kernel_size, stride=1, padding="valid", bias=True,
-                 device=None, dtype=None):
+                 device=None, dtype=None, *, recompute_unfold: bool = True):
         super().__init__()
         self._setup(in_channels, out_channels, input_size, kernel_size, stride, padding)
+        self.recompute_unfold = recompute_unfold
         self.weight = nn.Parameter(torch.empty(self.weight_shape(), device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(self.out_channels, *self.output_size, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
@@ -130,19 +117,14 @@ class LocallyConnected2d(_LCGeometry):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def _check(self, x):
-        expected = (self.in_channels, *self.input_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"{type(self).__name__} expects input (N, {', '.join(map(str, expected))}), "
-                             f"got {tuple(x.shape)}")
-
     def forward(self, x: torch.Tensor, feedback_weight: torch.Tensor | None = None) -> torch.Tensor:
-        self._check(x)
-        if feedback_weight is not None:
-            return _LCFeedback.apply(x, self.weight, self.bias, feedback_weight, self)
-        out = torch.bmm(self._unfold(x), self.weight.transpose(1, 2))
-        out = out.permute(1, 2, 0).reshape(x.shape[0], self.out_channels, *self.output_size)
-        return out + self.bias if self.bias is not None else out
+        """With `feedback_weight` (weight-shaped) the input gradient uses it instead of `weight`."""
+        self._check(x, self.in_channels, self.input_size)
+        if feedback_weight is not None and feedback_weight.shape != self.weight.shape:
+            raise ValueError(f"feedback_weight must have the weight's shape {tuple(self.weight.shape)}, "
+                             f"got {tuple(feedback_weight.shape)}")
+        out = LCLinear.apply(to_hwcn(x), self.weight, self.bias, feedback_weight, self.geometry, self.recompute_unfold)
+        return out.permute(3, 2, 0, 1)
 
     @classmethod
     def from_conv2d(cls, conv: nn.Conv2d, input_size) -> "LocallyConnected2d":
@@ -151,14 +133,15 @@ class LocallyConnected2d(_LCGeometry):
             raise ValueError("from_conv2d supports groups=1, dilation=1 convolutions only")
         if conv.padding_mode != "zeros":
             raise ValueError(f"from_conv2d supports zero padding only, got {conv.padding_mode!r}")
-        padding = conv.padding if not isinstance(conv.padding, str) else conv.padding
+        padding = conv.padding
         if padding == "same" and _pair(conv.stride) != (1, 1):
             raise ValueError("nn.Conv2d padding='same' requires stride 1")
         layer = cls(conv.in_channels, conv.out_channels, input_size, conv.kernel_size, conv.stride,
                     padding if isinstance(padding, str) else tuple(padding), bias=conv.bias is not None,
                     device=conv.weight.device, dtype=conv.weight.dtype)
         with torch.no_grad():
-            layer.weight.copy_(conv.weight.reshape(1, conv.out_channels, -1).expand_as(layer.weight))
+            kernel = conv.weight.permute(0, 2, 3, 1).reshape(1, conv.out_channels, -1)  # K in (kh, kw, C) order
+            layer.weight.copy_(kernel.expand_as(layer.weight))
             if conv.bias is not None:
                 layer.bias.copy_(conv.bias.view(-1, 1, 1).expand_as(layer.bias))
         return layer
@@ -176,8 +159,9 @@ class LocallyConnected2d(_LCGeometry):
 class LocallyConnectedTranspose2d(_LCGeometry):
     """The transpose of an LC layer with the same geometry: maps the forward layer's output
     space (N, O, Ho, Wo) back to its input space (N, C, H, W). Its weight has the forward
-    layer's weight shape (it is the linear part of a target-propagation inverse g); its bias
-    is untied over the input space."""
+    layer's weight shape and layout (it is the linear part of a target-propagation inverse g);
+    its bias is untied over the input space. It is the explicit form of the paper's
+    autograd-of-a-dummy-forward trick: one bmm with Wᵀ, then a fold."""
 
     def __init__(self, in_channels, out_channels, input_size, kernel_size, stride=1, padding="valid", bias=True,
                  device=None, dtype=None):
@@ -194,10 +178,6 @@ class LocallyConnectedTranspose2d(_LCGeometry):
             nn.init.zeros_(self.bias)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        expected = (self.out_channels, *self.output_size)
-        if y.dim() != 4 or tuple(y.shape[1:]) != expected:
-            raise ValueError(f"{type(self).__name__} expects input (N, {', '.join(map(str, expected))}), "
-                             f"got {tuple(y.shape)}")
-        g = y.reshape(y.shape[0], self.out_channels, -1).permute(2, 0, 1)  # (L, N, O)
-        x = self._fold(torch.bmm(g, self.weight))
-        return x + self.bias if self.bias is not None else x
+        self._check(y, self.out_channels, self.output_size)
+        out = LCTransposeLinear.apply(to_hwcn(y), self.weight, self.bias, self.geometry, self.in_channels)
+        return out.permute(3, 2, 0, 1)
