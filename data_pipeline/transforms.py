@@ -152,6 +152,8 @@ def resolve(dataset: str, augment: str, train: bool, image_size: int | None, cha
     else:  # crop
         mode = "crop"
     size = image_size or (224 if augment == "resize224" else native)
+    if mode in ("none", "padcrop") and dataset not in ("imagenet", "folder") and size != native:
+        raise ValueError(f"{dataset} images are {native}x{native}; image_size={size} needs augment='resize' or 'crop'")
     default_mean, default_std = NORMALIZATION[dataset]
     mean = tuple(mean or default_mean)
     std = tuple(std or default_std)

@@ -63,9 +63,9 @@ class _BatchDecoder(torch.utils.data.Dataset):
                     raise DataError(f"{member}: {exc}") from None
                 out[n] = apply_pil(image, params, t)
             except DataError as exc:
-                if not self.skip:
-                    raise
                 problems.append(str(exc))
+                if not self.skip:  # reported to the main process, which raises it cleanly
+                    return None, None, problems
                 continue
             labels[n] = label
             n += 1
@@ -103,10 +103,18 @@ class WdsReader(Reader):
                                                  pin_memory=self.device.type == "cuda")
         else:
             loader = (dataset[task] for task in tasks)
-        for images, labels, problems in loader:
-            if problems:
-                self._skip(problems)
-            if self.device.type != "cpu":
-                images = images.to(self.device, non_blocking=True)
-                labels = labels.to(self.device, non_blocking=True)
-            yield images, labels
+        batches = iter(loader)
+        try:
+            for images, labels, problems in batches:
+                if images is None:
+                    raise DataError(problems[0])
+                if problems:
+                    self._skip(problems)
+                if self.device.type != "cpu":
+                    images = images.to(self.device, non_blocking=True)
+                    labels = labels.to(self.device, non_blocking=True)
+                yield images, labels
+        finally:
+            # Stop the workers now: a traceback keeping the iterator alive
+            # would otherwise leak it into the next DataLoader's forked workers.
+            del batches

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dp_helpers import build_imagenet, idcoded_images, natural_image, write_idx
+from .dp_helpers import build_imagenet, idcoded_images, natural_image, write_idx
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +75,12 @@ def cifar_src(tmp_path_factory) -> Path:
     (root / "batches.meta").write_bytes(pickle.dumps(meta))
     return root.parent
 
+
+
+@pytest.fixture(scope="session")
+def cifar_shards(cifar_src, tmp_path_factory) -> Path:
+    from data_pipeline import prepare
+
+    out = tmp_path_factory.mktemp("cifar_shards")
+    prepare("cifar10", out, cifar_src, val_size=5, shard_size=8)
+    return out

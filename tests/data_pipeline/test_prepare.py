@@ -19,7 +19,7 @@ from data_pipeline import DataError, open_split, prepare
 from data_pipeline.prepare import held_out
 from data_pipeline.shardfile import file_sha256
 
-from dp_helpers import WNIDS, build_imagenet, encode, natural_image
+from .dp_helpers import WNIDS, build_imagenet, encode, natural_image
 
 
 def read_split(split_dir: Path) -> dict[str, dict[str, bytes]]:
