@@ -56,7 +56,8 @@ class Reader:
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
-            self.epoch, self._resume_batch = int(epoch), 0
+            # a new epoch starts at its first batch, whatever was consumed of the last one
+            self.epoch, self._resume_batch, self._consumed = int(epoch), 0, 0
 
     def state_dict(self) -> dict:
         return {"version": 1, "epoch": self.epoch, "batch": self._consumed, "train": self.train,
