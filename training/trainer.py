@@ -16,6 +16,7 @@ import torch
 from algorithms import Updater, angles_to_bp, build_learner, build_rule
 from distributed import init_distributed, local_device, read_environment
 from distributed.gradient_sync import all_reduce_gradients
+from models import get_arch
 from training.checkpoint import CheckpointManager, check_compatible, load_weights
 from training.config import ConfigError, ExperimentConfig
 from training.divergence import check_step, check_weights
@@ -34,8 +35,9 @@ class Trainer:
             raise ConfigError("no run directory: pass --out DIR (or set `out:` in the config)")
         if not cfg.data.path:
             raise ConfigError("no data: pass --data DIR (or set data.path in the config)")
-        try:
-            build_rule(cfg.algorithm)  # rule-specific checks before anything is started
+        try:  # checks that need the registries, before anything is started
+            build_rule(cfg.algorithm)
+            get_arch(cfg.model.arch)
         except ValueError as exc:
             raise ConfigError(f"config: {exc}") from None
         self.cfg, self.run_dir = cfg, Path(cfg.out)
@@ -164,7 +166,7 @@ class Trainer:
                 out = self.updater.step(x, y, phase)
             self.step += 1
             done += 1
-            check_step(self.step, out)
+            check_step(self.step, out, self.learner)
             n = y.numel()
             errors = (out.logits.argmax(1) != y).sum().item()
             self.epoch_stats += torch.tensor([errors, n, out.task_loss.item()], dtype=torch.float64)
