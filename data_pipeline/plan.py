@@ -4,7 +4,10 @@
 Training: an epoch is `max(1, N // (world * B))` full batches on every rank
 (the same count everywhere, so DDP/DeepSpeed never wait on a rank that ran
 out). The epoch's order is one seeded permutation of all N samples, cut into
-contiguous per-rank blocks; at most world*B-1 samples (a different random
+global batches of world*B samples; rank r takes the r-th B-slice of each
+global batch. So R ranks with batch B see exactly the batches of one process
+with batch R*B (the trainer sums gradients over ranks: the runs then agree up
+to float summation order). At most world*B-1 samples (a different random
 set each epoch) are left out, the usual drop-last behaviour. Only when N <
 world*B does the permutation wrap, so tiny sets still give one batch.
 
@@ -45,7 +48,8 @@ class EpochPlan:
             need = per_rank * world_size
             if need > num_samples:
                 order = np.resize(order, need)  # wrap: only when N < world * B
-            self._indices = order[rank * per_rank : (rank + 1) * per_rank]
+            global_batches = order[:need].reshape(self.num_batches, world_size, batch_size)
+            self._indices = global_batches[:, rank, :].reshape(-1)
         else:
             start = num_samples * rank // world_size
             self._indices = np.arange(start, num_samples * (rank + 1) // world_size)
