@@ -194,7 +194,7 @@ def test_gradcheck_transpose(c, o, size, kernel, stride, padding):
 
 
 def test_gradcheck_unfold_fold_pair():
-    g = Geometry((5, 6), (3, 2), (2, 1), (1, 0), (3, 5))
+    g = Geometry((5, 6), (3, 2), (2, 1), (1, 1), (0, 0), (3, 5))
     x = torch.randn(5, 6, 2, 3, dtype=torch.float64, requires_grad=True)
     cols = torch.randn(15, 12, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: Unfold.apply(x, g), (x,))
