@@ -86,25 +86,40 @@ class Trainer:
         if self.cfg.distributed.backend == "deepspeed":
             from distributed.deepspeed_engine import DeepSpeedUpdater
 
-            return DeepSpeedUpdater(self.learner, self.cfg.optim, self.cfg.distributed,
-                                    self.cfg.data.batch_size_per_rank)
+            try:
+                return DeepSpeedUpdater(self.learner, self.cfg.optim, self.cfg.distributed,
+                                        self.cfg.data.batch_size_per_rank)
+            except ValueError as exc:
+                raise ConfigError(f"config: {exc}") from None
         return Updater(self.learner, self.cfg.optim, grad_sync=all_reduce_gradients)
 
     # ------------------------------------------------------------- checkpoint
+    @property
+    def deepspeed(self) -> bool:
+        return self.cfg.distributed.backend == "deepspeed"
+
     def _state(self) -> dict:
-        return {"model": self.learner.state_dict(), "optim": self.updater.state_dict(), "step": self.step,
-                "epoch": self.epoch, "history": list(self.history), "reader": self.train_reader.state_dict(),
-                "epoch_stats": self.epoch_stats.clone(), "config": self.cfg.to_dict(),
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+        state = {"step": self.step, "epoch": self.epoch, "history": list(self.history),
+                 "reader": self.train_reader.state_dict(), "epoch_stats": self.epoch_stats.clone(),
+                 "config": self.cfg.to_dict(), "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+        if not self.deepspeed:  # DeepSpeed saves (sharded) weights and optimizer state itself
+            state.update(model=self.learner.state_dict(), optim=self.updater.state_dict())
+        return state
 
     def save_checkpoint(self):
         check_weights(self.step, self.learner)  # never save NaN weights over the last good state
         self.metrics.flush()
-        if self.is_main:
+        if self.deepspeed:  # every rank writes its shard
+            self.updater.save(self.run_dir / "checkpoints" / "deepspeed", f"step_{self.step:010d}", self._state(),
+                              self.cfg.train.keep_checkpoints)
+        elif self.is_main:
             self.checkpoints.save(self._state(), self.step)
 
     def _resume(self) -> int | None:
-        state = self.checkpoints.load_latest(map_location=self.device)
+        if self.deepspeed:
+            state = self.updater.load(self.run_dir / "checkpoints" / "deepspeed")
+        else:
+            state = self.checkpoints.load_latest(map_location=self.device)
         if state is None:
             return None
         saved = state["config"]
@@ -112,8 +127,9 @@ class Trainer:
             if saved[section] != self.cfg.to_dict()[section]:
                 raise ConfigError(f"{self.run_dir} holds a run with a different {section} config "
                                   f"({saved[section]}); use another --out or the same config")
-        self.learner.load_state_dict(state["model"])
-        self.updater.load_state_dict(state["optim"])
+        if not self.deepspeed:
+            self.learner.load_state_dict(state["model"])
+            self.updater.load_state_dict(state["optim"])
         self.step, self.epoch, self.history = state["step"], state["epoch"], state["history"]
         self.train_reader.load_state_dict(state["reader"])
         self.epoch_stats = state["epoch_stats"].to(torch.float64)
@@ -178,7 +194,8 @@ class Trainer:
                 self._log_train(out, n, errors, images_seen, data_time, step_time)
                 data_time = step_time = 0.0
                 images_seen = 0
-            if cfg.train.angle_every_steps and self.step % cfg.train.angle_every_steps == 0 and self.is_main:
+            if (cfg.train.angle_every_steps and self.step % cfg.train.angle_every_steps == 0 and self.is_main
+                    and not (self.deepspeed and cfg.distributed.zero_stage == 3)):  # ZeRO-3: weights are sharded
                 angles = angles_to_bp(self.learner, x, y)
                 self.metrics.log_scalars(self.step, {f"layer{l}/angle_to_bp_deg": a for l, a in angles.items()})
             if cfg.train.checkpoint_every_steps and self.step % cfg.train.checkpoint_every_steps == 0:
