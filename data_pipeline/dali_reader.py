@@ -134,13 +134,20 @@ class DaliReader(Reader):
     def _device_id(self) -> int:
         return self.device.index if self.device.index is not None else torch.cuda.current_device()
 
-    def _to_torch(self, output) -> torch.Tensor:
+    def _to_torch(self, pipe, output) -> torch.Tensor:
+        tensor = output.as_tensor()
+        if pipe.exec_dynamic:
+            # DALI's dynamic executor (the default) hands out buffers it never
+            # reuses, so the batch is shared with torch, not copied (this is
+            # what DALI's own PyTorch iterator does).
+            with self.device:
+                return torch.from_dlpack(tensor)
+        if self.device.type != "cuda":
+            return torch.from_numpy(np.array(tensor, copy=True))
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        tensor = output.as_tensor()
         images = torch.empty(tensor.shape(), dtype=torch.float32, device=self.device)
-        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
-        feed_ndarray(tensor, images, cuda_stream=stream)
+        feed_ndarray(tensor, images, cuda_stream=torch.cuda.current_stream(self.device))
         return images
 
     def _locate(self, feeder: _Feeder, first: int) -> list[tuple[int, str]]:
@@ -167,7 +174,7 @@ class DaliReader(Reader):
                     if not batch["ids"]:
                         yield self._empty()
                     else:
-                        images = self._to_torch(pipe.run()[0])
+                        images = self._to_torch(pipe, pipe.run()[0])
                         labels = torch.tensor(batch["labels"], dtype=torch.int64, device=self.device)
                         yield images, labels
                     feeder.cache.pop(j, None)

@@ -75,7 +75,10 @@ class SampleIndex:
         """(encoded image bytes, label) of sample i. Label problems raise DataError."""
         (io_, isz), (co, csz) = self.img[i], self.cls[i]
         start, end = min(io_, co), max(io_ + isz, co + csz)
-        blob = os.pread(self._fd(int(self.shard_of[i])), int(end - start), int(start))
+        try:
+            blob = os.pread(self._fd(int(self.shard_of[i])), int(end - start), int(start))
+        except OSError as exc:
+            raise DataError(f"{self.member(i)}: cannot read shard: {exc}") from None
         if len(blob) != end - start:
             raise DataError(f"{self.member(i)}: shard ends early (truncated)")
         raw = blob[co - start : co - start + csz]
