@@ -1,16 +1,16 @@
 """Batch-innermost kernels behind the locally-connected layers.
 
 Layout. Activations are (H, W, C, N), batch innermost, so each pixel is one
-contiguous C·N block and an unfold is k² strided copies of whole blocks at
-memcpy speed. Columns are (Ho, Wo, kh, kw, C, N), seen as (L, K, N) with
-L = Ho·Wo and K = kh·kw·C ordered (kh, kw, C). Weights are (L, O, K). Every
-GEMM is one `torch.bmm` / `torch.baddbmm` over the L positions; backward GEMMs
-read transposed views (BLAS takes them without a copy). Measured choices are in
-shared/notes/lc-layer-performance.md and BENCHMARKS.md.
+contiguous C·N block: an unfold is one copy of a strided view whose inner C·N
+blocks move at memcpy speed, a fold is k² strided block adds. Columns are
+(Ho, Wo, kh, kw, C, N), seen as (L, K, N) with L = Ho·Wo and K = kh·kw·C
+ordered (kh, kw, C). Weights are (L, O, K). Every GEMM is one `torch.bmm` /
+`torch.baddbmm` over the L positions; backward GEMMs read transposed views
+(BLAS takes them without a copy). Measurements: BENCHMARKS.md.
 
 Pieces:
-- `Geometry`: which input rows/columns each kernel tap reads (padding = taps
-  that fall outside the input and are simply not copied).
+- `Geometry`: sizes, padding, and per kernel tap the input slice it reads
+  (taps reading only padding are skipped by the fold).
 - `unfold_` / `fold_`: the raw kernels, each the other's adjoint.
 - `Unfold` / `Fold`: the same as autograd Functions, each the other's backward.
 - `LCLinear` / `LCTransposeLinear`: the layer and its adjoint with gradients
@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 class Geometry:
@@ -166,6 +167,7 @@ class LCLinear(torch.autograd.Function):
         return out.view(*g.output_size, weight.shape[1], x.shape[3])
 
     @staticmethod
+    @once_differentiable  # the saved columns carry no graph: refuse double backward rather than get it wrong
     def backward(ctx, grad):
         saved, back = ctx.saved_tensors
         g, o = ctx.g, ctx.out_channels
@@ -202,6 +204,7 @@ class LCTransposeLinear(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         y2, weight = ctx.saved_tensors
         g = ctx.g

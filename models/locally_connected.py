@@ -1,6 +1,6 @@
 """Locally-connected 2-D layers: a convolution whose filter differs at every output position.
 
-    y[n,o,i,j] = Σ_{c,a,b} W[i,j,o,c,a,b] · xpad[n,c,i·s+a,j·s+b] + bias[o,i,j]
+    y[n,o,i,j] = Σ_{a,b,c} W[i·Wo+j, o, (a,b,c)] · xpad[n,c,i·s+a,j·s+b] + bias[o,i,j]
 
 Interface: NCHW in and out (shapes). Memory layout, which is what makes the
 layer fast on a CPU (measured in BENCHMARKS.md):
@@ -11,6 +11,10 @@ layer fast on a CPU (measured in BENCHMARKS.md):
   LC -> tanh -> LC never permutes. An input with standard NCHW strides is
   converted once (`lc_ops.to_hwcn`). Use `.reshape`/`.flatten`, not `.view`,
   on outputs; `.contiguous()` works but costs a slow 4-D permute copy.
+  Per-channel spatial ops (average pooling) should not see the odd strides
+  (F.avg_pool2d then copies at ~2 ns/element): the same memory viewed as
+  `h.permute(2, 3, 1, 0).reshape(1, H, W, C*N).permute(0, 3, 1, 2)` is a
+  channels_last image, pooled 30× faster, and the result is again (H', W', C, N).
 - `weight` is (L, O, K): L = Ho·Wo positions in row-major order, K = kh·kw·C
   ordered (kh, kw, C). So `weight[i*Wo + j, o].view(kh, kw, C)` is the filter of
   output unit (o, i, j), and `weight[l, o].view(kh, kw, C).permute(2, 0, 1)`
@@ -29,6 +33,7 @@ from torch import nn
 
 from models.init import glorot_uniform_
 from models.lc_ops import Geometry, LCLinear, LCTransposeLinear, to_hwcn
+
 
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))

@@ -119,17 +119,35 @@ def _train_step(net: nn.Module, x: torch.Tensor, target: torch.Tensor) -> Callab
     return step
 
 
+def _step_gflop(net: _CifarNet, batch: int) -> float:
+    """Multiply-adds ×2 of forward + weight gradient + input gradient (none for the first layer)."""
+    total = 0
+    for i, layer in enumerate(net.layers):
+        total += 2 * batch * layer.num_positions * layer.out_channels * layer.fan_in * (2 if i == 0 else 3)
+    return total / 1e9
+
+
 def measure_cifar(ctx: Context) -> dict:
     torch.manual_seed(0)
     x, target = torch.randn(ctx.batch, 3, 32, 32), torch.randint(0, 10, (ctx.batch,))
-    ms = ctx.compare({"lc": _train_step(_CifarNet("lc"), x, target),
+    lc = _CifarNet("lc")
+    ms = ctx.compare({"lc": _train_step(lc, x, target),
                       "lc_recompute": _train_step(_CifarNet("lc", recompute_unfold=True), x, target),
                       "conv": _train_step(_CifarNet("conv"), x, target)})
     ratio = ms["lc"] / ms["conv"]
+    # Both nets do the same layer FLOPs; the floor is the LC GEMMs alone at the measured sgemm peak.
+    gflop, peak = _step_gflop(lc, ctx.batch), ctx.results.get("sgemm_peak_gflops")
+    floor = f", LC GEMMs at sgemm peak alone {gflop / peak * 1e3:.1f} ms" if peak else ""
     ctx.log(f"CIFAR LC net fwd+bwd, batch {ctx.batch}: LC {ms['lc']:.1f} ms "
-            f"(recompute_unfold {ms['lc_recompute']:.1f} ms), conv twin {ms['conv']:.1f} ms, ratio {ratio:.2f}")
-    return {"cifar_lc_ms": round(ms["lc"], 2), "cifar_lc_recompute_ms": round(ms["lc_recompute"], 2),
-            "cifar_conv_ms": round(ms["conv"], 2), "cifar_lc_vs_conv_ratio": round(ratio, 3)}
+            f"(recompute_unfold {ms['lc_recompute']:.1f} ms), conv twin {ms['conv']:.1f} ms, ratio {ratio:.2f}; "
+            f"{gflop:.2f} GFLOP: LC {gflop / ms['lc'] * 1e3:.0f} GFLOP/s, conv {gflop / ms['conv'] * 1e3:.0f} GFLOP/s"
+            f"{floor}")
+    out = {"cifar_lc_ms": round(ms["lc"], 2), "cifar_lc_recompute_ms": round(ms["lc_recompute"], 2),
+           "cifar_conv_ms": round(ms["conv"], 2), "cifar_lc_vs_conv_ratio": round(ratio, 3),
+           "cifar_step_gflop": round(gflop, 3)}
+    if peak:
+        out["cifar_lc_gemm_floor_ms"] = round(gflop / peak * 1e3, 2)
+    return out
 
 
 def _layer_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
@@ -208,11 +226,27 @@ MEASUREMENTS: list[Callable[[Context], dict]] = [
 
 
 def run(args: argparse.Namespace) -> dict:
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    malloc_tuned = False if args.default_malloc else tune_malloc()
-    ctx = Context(quick=args.quick, reps=args.reps or (2 if args.quick else 30), warmup=1 if args.quick else 5,
-                  batch=args.batch, imagenet_batch=args.imagenet_batch)
-    result = {"threads": 1, "malloc_tuned": malloc_tuned, "quick": bool(args.quick), "torch": torch.__version__}
-    for measure in MEASUREMENTS:
-        result.update(measure(ctx))
-    return result
+    try:
+        malloc_tuned = False if args.default_malloc else tune_malloc()
+        ctx = Context(quick=args.quick, reps=args.reps or (2 if args.quick else 30), warmup=1 if args.quick else 5,
+                      batch=args.batch, imagenet_batch=args.imagenet_batch)
+        result = {"threads": 1, "malloc_tuned": malloc_tuned, "quick": bool(args.quick), "torch": torch.__version__}
+        for measure in MEASUREMENTS:
+            result.update(measure(ctx))
+        return result
+    finally:
+        torch.set_num_threads(threads)
+
+
+if __name__ == "__main__":  # `python -m bioscale.bench.layers [--json]`: the CLI's output without the other suites
+    import json
+
+    _parser = argparse.ArgumentParser(prog="python -m bioscale.bench.layers")
+    _parser.add_argument("--json", action="store_true")
+    add_arguments(_parser)
+    _args = _parser.parse_args()
+    _result = run(_args)
+    if _args.json:
+        print(json.dumps(_result, sort_keys=True))

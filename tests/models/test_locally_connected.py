@@ -239,6 +239,14 @@ def test_backprop_sees_in_place_weight_change():
         out.sum().backward()
 
 
+def test_double_backward_is_refused_not_wrong():
+    layer = random_layer(2, 2, (5, 5), 3, 1, "same")
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        gx.sum().backward()
+
+
 def test_recompute_does_not_change_gradients():
     grads = []
     for recompute in (True, False):
