@@ -129,3 +129,24 @@ def test_alternating_schedule_trains_inverses_then_forward(shards, tmp_path):
     inv_steps = [s for s, _ in tags["layer2/inverse_loss"]]
     assert inv_steps and max(inv_steps) <= spe
     assert any(s > spe for s, _ in tags["train/loss"])
+
+
+def test_init_from_loads_weights_but_starts_a_new_run(shards, tmp_path):
+    first = tmp_path / "first"
+    assert run(train_cmd(shards, first, epochs=1)).returncode == 0
+    ckpt = sorted((first / "checkpoints").glob("step_*.pt"))[-1]
+    fresh, warm = tmp_path / "fresh", tmp_path / "warm"
+    one_step = ("train.max_steps_per_epoch=1", "train.log_every_steps=1", "train.eval_splits=[val]")
+    assert run(train_cmd(shards, fresh, *one_step, epochs=1)).returncode == 0
+    proc = run([*train_cmd(shards, warm, *one_step, epochs=1), "--init-from", str(ckpt)])
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed" not in proc.stderr
+    loss = {d.name: json.loads((d / "metrics.jsonl").read_text().splitlines()[0])["train/loss"] for d in (fresh, warm)}
+    assert loss["warm"] < 0.7 * loss["fresh"], loss  # started from trained weights, at step 1
+
+
+def test_resume_refuses_a_different_experiment(shards, tmp_path):
+    out = tmp_path / "run"
+    assert run(train_cmd(shards, out, "train.max_steps_per_epoch=2", "train.eval_splits=[val]", epochs=1)).returncode == 0
+    proc = run(train_cmd(shards, out, "train.max_steps_per_epoch=2", "train.eval_splits=[val]", epochs=2, rule="bp"))
+    assert proc.returncode == 2 and "different algorithm config" in proc.stderr, proc.stderr
