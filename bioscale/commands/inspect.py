@@ -6,12 +6,13 @@ any damage."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="split directory, manifest.json, or the --out directory of prepare")
-    parser.add_argument("--workers", type=int, default=1, help="shards checked in parallel")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="shards checked in parallel")
     parser.add_argument("--no-decode", action="store_true", help="skip image decoding (checksums and labels only)")
 
 
@@ -23,10 +24,15 @@ def run(args: argparse.Namespace) -> int:
         report = verify_split(split_dir, decode=not args.no_decode, workers=args.workers)
         print(f"{report.path}: {report.dataset}/{report.split}: {report.num_samples} samples "
               f"(manifest {report.expected}) in {report.shards} shards")
-        if report.classes:
+        counts = [report.class_counts.get(c, 0) for c in range(len(report.classes))]
+        if 0 < len(report.classes) <= 50:
             width = max(len(c) for c in report.classes)
             for c, name in enumerate(report.classes):
-                print(f"  {c:4d} {name:<{width}} {report.class_counts.get(c, 0)}")
+                print(f"  {c:4d} {name:<{width}} {counts[c]}")
+        elif report.classes:  # ImageNet: 1000 lines would bury the verdict
+            low, high = counts.index(min(counts)), counts.index(max(counts))
+            print(f"  {len(counts)} classes: min {counts[low]} ({report.classes[low]}), "
+                  f"max {counts[high]} ({report.classes[high]}), mean {sum(counts) / len(counts):.1f}")
         for problem in report.problems:
             print(f"DAMAGED {problem}", file=sys.stderr)
         if report.ok:
