@@ -239,14 +239,3 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         torch.set_num_threads(threads)
 
-
-if __name__ == "__main__":  # `python -m bioscale.bench.layers [--json]`: the CLI's output without the other suites
-    import json
-
-    _parser = argparse.ArgumentParser(prog="python -m bioscale.bench.layers")
-    _parser.add_argument("--json", action="store_true")
-    add_arguments(_parser)
-    _args = _parser.parse_args()
-    _result = run(_args)
-    if _args.json:
-        print(json.dumps(_result, sort_keys=True))
