@@ -22,22 +22,39 @@ IMAGE_EXTS = ("jpg", "jpeg", "png")
 
 
 class SampleIndex:
-    def __init__(self, info: SplitInfo):
+    """With `skip`, damage found here (a shard or index missing, a shard cut
+    short, a sample without label or image) drops the affected samples and
+    lists them in `problems` instead of raising."""
+
+    def __init__(self, info: SplitInfo, skip: bool = False):
         self.num_classes = info.num_classes
         self.shard_paths = [str(s.path) for s in info.shards]
+        self.problems: list[str] = []
         shard_of, img, cls, keys, exts = [], [], [], [], []
         for sid, shard in enumerate(info.shards):
-            samples = read_index(shard.index_path)
-            if len(samples) != shard.num_samples:
-                raise DataError(f"{shard.index_path}: indexes {len(samples)} samples, manifest says {shard.num_samples}")
+            try:
+                samples = self._shard_samples(shard)
+            except DataError as exc:
+                if not skip:
+                    raise
+                self.problems.append(f"{exc} (all {shard.num_samples} samples of the shard skipped)")
+                continue
+            size = shard.path.stat().st_size
             for sample in samples:
                 found = [e for e in IMAGE_EXTS if e in sample.members]
+                problem = None
                 if len(found) != 1:
-                    raise DataError(f"{shard.path}: sample {sample.key!r} has {len(found)} image members "
-                                    f"(members: {sorted(sample.members)})")
-                if "cls" not in sample.members:
-                    raise DataError(f"{shard.path}: sample {sample.key!r} has no .cls member "
-                                    f"(members: {sorted(sample.members)})")
+                    problem = f"has {len(found)} image members"
+                elif "cls" not in sample.members:
+                    problem = "has no .cls member"
+                elif max(o + n for o, n in sample.members.values()) > size:
+                    problem = f"lies beyond the end of the shard ({size} bytes: truncated)"
+                if problem:
+                    message = f"{shard.path}: sample {sample.key!r} {problem} (members: {sorted(sample.members)})"
+                    if not skip:
+                        raise DataError(message)
+                    self.problems.append(message)
+                    continue
                 shard_of.append(sid)
                 img.append(sample.members[found[0]])
                 cls.append(sample.members["cls"])
@@ -50,6 +67,15 @@ class SampleIndex:
         self.exts = np.asarray(exts, dtype=np.bytes_)
         self._fds: dict[int, int] = {}
         self._pid = None
+
+    @staticmethod
+    def _shard_samples(shard) -> list:
+        if not shard.path.exists():
+            raise DataError(f"{shard.path}: listed in the manifest but absent")
+        samples = read_index(shard.index_path)
+        if len(samples) != shard.num_samples:
+            raise DataError(f"{shard.index_path}: indexes {len(samples)} samples, manifest says {shard.num_samples}")
+        return samples
 
     def __len__(self) -> int:
         return len(self.shard_of)

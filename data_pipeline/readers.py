@@ -40,18 +40,24 @@ class Reader:
         self.info, self.transform, self.train = info, transform, train
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.num_workers, self.device, self.on_error = num_workers, torch.device(device), on_error
-        self.index = SampleIndex(info)
+        self.index = SampleIndex(info, skip=on_error == "skip")
         self.epoch, self._resume_batch, self._consumed = 0, 0, 0
         self.skipped: list[str] = []  # with on_error="skip": '<shard>: member <key>.<ext>: <problem>'
-        EpochPlan(info.num_samples, train=train, batch_size=batch_size, rank=rank, world_size=world_size,
-                  seed=seed, epoch=0)  # validates the arguments now rather than at the first batch
+        self._skip(self.index.problems)
+        # The plan runs over the readable samples: all of them unless skipping.
+        self.num_samples = len(self.index)
+        self._plan(0)  # validates the arguments now rather than at the first batch
+
+    def _plan(self, epoch: int) -> EpochPlan:
+        return EpochPlan(self.num_samples, train=self.train, batch_size=self.batch_size, rank=self.rank,
+                         world_size=self.world_size, seed=self.seed, epoch=epoch)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self.transform.output_shape
 
     def __len__(self) -> int:
-        return num_batches(self.info.num_samples, train=self.train, batch_size=self.batch_size,
+        return num_batches(self.num_samples, train=self.train, batch_size=self.batch_size,
                            world_size=self.world_size)
 
     def set_epoch(self, epoch: int) -> None:
@@ -61,7 +67,7 @@ class Reader:
 
     def state_dict(self) -> dict:
         return {"version": 1, "epoch": self.epoch, "batch": self._consumed, "train": self.train,
-                "num_samples": self.info.num_samples, "batch_size": self.batch_size,
+                "num_samples": self.num_samples, "batch_size": self.batch_size,
                 "world_size": self.world_size, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
@@ -74,8 +80,7 @@ class Reader:
     def __iter__(self):
         epoch, start = self.epoch, self._resume_batch
         self._resume_batch, self._consumed = 0, start
-        plan = EpochPlan(self.info.num_samples, train=self.train, batch_size=self.batch_size, rank=self.rank,
-                         world_size=self.world_size, seed=self.seed, epoch=epoch)
+        plan = self._plan(epoch)
         for images, labels in self._batches(plan, start):
             self._consumed += 1
             yield images, labels
@@ -111,7 +116,8 @@ def build_reader(path: str | Path | SplitInfo, kind: str = "auto", *, train: boo
     (float32 NCHW normalised images, int64 labels)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    info = path if isinstance(path, SplitInfo) else open_split(path)
+    # Skipping reads what it can: missing or cut shards are dropped by the index.
+    info = path if isinstance(path, SplitInfo) else open_split(path, check_files=on_error == "raise")
     transform = resolve(info.dataset, augment, train, image_size, info.channels, info.mean, info.std)
     if kind == "auto":
         kind = "dali" if _dali_available() else "wds"

@@ -65,6 +65,10 @@ def test_truncated_tar(split_copy):
     assert any("train-000001.tar: member" in p and "damaged tar" in p for p in report.problems), report.problems
     with pytest.raises(DataError, match=r"train-000001\.tar: \d+ bytes, manifest says"):
         build_reader(split_copy, kind="wds")
+    for kind in KINDS:  # skipping reads the samples before the cut
+        with pytest.warns(UserWarning, match="train-000001.tar: sample .* truncated"):
+            reader = build_reader(split_copy, kind=kind, train=False, batch_size=4, on_error="skip")
+        assert 1 <= len(reader.skipped) <= 3 and sum(len(y) for _, y in reader) == 13 - len(reader.skipped)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -108,6 +112,8 @@ def test_missing_cls(split_copy):
     for kind in KINDS:
         with pytest.raises(DataError, match=f"train-000003.tar: sample '{key}' has no .cls member"):
             build_reader(split_copy, kind=kind)
+        with pytest.warns(UserWarning, match=f"sample '{key}' has no .cls member"):
+            assert read_all(split_copy, kind, on_error="skip") == 12
 
 
 def test_shard_listed_but_absent(split_copy):
@@ -117,6 +123,11 @@ def test_shard_listed_but_absent(split_copy):
         open_split(split_copy)
     with pytest.raises(DataError, match="no manifest"):
         open_split(split_copy.parent)
+    for kind in KINDS:
+        with pytest.raises(DataError, match="train-000001.tar: listed in .* but absent"):
+            build_reader(split_copy, kind=kind)
+        with pytest.warns(UserWarning, match="all 4 samples of the shard skipped"):
+            assert read_all(split_copy, kind, on_error="skip") == 9
 
 
 def make_folder(root: Path, classes: dict[str, int]) -> None:
