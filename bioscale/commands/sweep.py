@@ -1,0 +1,93 @@
+"""`bioscale sweep --config X --data DIR --out SWEEP --trials 60 --space paper|FILE.yaml
+[--prune-after-epochs 10 --keep 1] [--max-parallel P] [cluster options] [key=value ...]`
+`bioscale sweep status --out SWEEP` · `bioscale sweep report --out SWEEP`
+
+Random search (seeded) as SLURM job arrays; with pruning, every trial trains
+`--prune-after-epochs` epochs, the best `--keep` continue from their checkpoints
+to `--epochs`. Waits until done unless `--no-wait`; re-running the same command
+continues the sweep and skips finished trials (`bioscale sweep --out SWEEP`
+alone continues a stored sweep). status/report print the ranked table and write
+SWEEP/report.csv and SWEEP/report.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bioscale.commands.launch import add_cluster_arguments, load_cluster_profile
+
+ACTIONS = ("run", "status", "report")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="sweep directory")
+    parser.add_argument("--config", help="experiment YAML every trial starts from")
+    parser.add_argument("--data", help="prepared dataset directory")
+    parser.add_argument("--trials", type=int, help="number of random configurations (the paper: 60)")
+    parser.add_argument("--space", default="paper", help="'paper' (Table 4 for the config's rule) or a YAML file")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (trial i's values depend only on it and i)")
+    parser.add_argument("--epochs", type=int, help="epochs of a full trial (default: the config's train.epochs)")
+    parser.add_argument("--prune-after-epochs", type=int, help="rank all trials after this many epochs ...")
+    parser.add_argument("--keep", type=int, default=1, help="... and continue only the best KEEP")
+    parser.add_argument("--name", help="sweep name (default: the config's name)")
+    parser.add_argument("--max-parallel", type=int, help="array tasks running at once (SLURM's %%N)")
+    parser.add_argument("--no-wait", action="store_true", help="submit what is due and return; re-run to continue")
+    parser.add_argument("--poll-s", type=float, default=15.0, help="seconds between SLURM state checks")
+    add_cluster_arguments(parser)
+    parser.add_argument("words", nargs="*", metavar="[run|status|report] key=value",
+                        help="action (default run), then config overrides for every trial")
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from cluster import launcher, slurm_jobs
+    from cluster.profile import ProfileError
+    from cluster.sweep import Sweep, make_spec, run_sweep
+    from cluster.sweep_report import summary, write_report
+    from training.config import ConfigError
+
+    words = list(args.words)
+    action = words.pop(0) if words and words[0] in ACTIONS else "run"
+    bad = [w for w in words if "=" not in w]
+    if bad:
+        print(f"bioscale sweep: unexpected {bad[0]!r}: the action is one of {', '.join(ACTIONS)} (first), "
+              "the rest are key=value overrides", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    root = Path(args.out)
+    try:
+        if action != "run":
+            sweep = Sweep.create_or_resume(root, None)
+            text, csv_path, md_path = write_report(sweep, sweep.status())
+            print(f"{text}\n\nwritten: {csv_path}, {md_path}")
+            return 0
+        starting = args.config is not None or args.trials is not None
+        if starting and (args.trials is None or args.data is None):
+            raise ConfigError("a new sweep needs --config, --data and --trials (and --space, default paper)")
+        spec = make_spec(args.config, words, args.data, args.space, args.trials, args.seed, args.epochs,
+                         args.prune_after_epochs, args.keep, args.name) if starting else None
+        profile = load_cluster_profile(args)
+        sweep = Sweep.create_or_resume(root, spec)
+    except (ConfigError, ProfileError) as exc:
+        print(f"bioscale sweep: {exc}\nnothing was submitted", file=sys.stderr)
+        return 2
+
+    def report_progress(status, submitted):
+        print(summary(sweep, status) + (f"; submitted {', '.join(submitted)}" if submitted else ""), flush=True)
+
+    try:
+        status = run_sweep(sweep, profile, max_parallel=args.max_parallel, wait=not args.no_wait,
+                           poll_s=args.poll_s, on_change=report_progress)
+    except launcher.SubmissionError as exc:
+        print(f"bioscale sweep: SLURM refused the array:\n{exc}\nprofile: {profile.describe()}", file=sys.stderr)
+        return 1
+    except (ConfigError, slurm_jobs.SlurmError) as exc:
+        print(f"bioscale sweep: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    text, csv_path, md_path = write_report(sweep, status)
+    print(f"{text}\n\nwritten: {csv_path}, {md_path}")
+    if sweep.complete(status) or args.no_wait:
+        return 0
+    return 1

@@ -1,0 +1,316 @@
+"""Random hyperparameter search as SLURM job arrays, with successive-halving
+pruning (the paper's ImageNet protocol: start every configuration, continue
+only the best after a few epochs).
+
+A sweep directory holds:
+  sweep.json        what defines the sweep (config, overrides, data, space,
+                    seed, trials, epochs, pruning); a re-run must match it
+  trials/tNNN/      one trainer run directory per trial (+ trial.json with the
+                    sampled values, jobs.jsonl with every job that trained it)
+  pruning.json      the stage-1 ranking and which trials continue, once decided
+  logs/             submitit's `%A_%a` logs of the arrays
+  report.csv/.md    written by `bioscale sweep status|report`
+
+Stages: every trial trains `prune_after_epochs` epochs (one array, at most
+`max_parallel` at a time); when all have ended, trials are ranked by the
+validation error in their result.json, the best `keep` continue to `epochs`
+in their own run directories — the trainer resumes them from their epoch-end
+checkpoint, nothing restarts — and the rest are pruned (any job of theirs
+still queued is cancelled). Without pruning, one stage to `epochs`.
+
+Everything is recomputed from the run directories and SLURM, so re-running
+the command continues where it stopped and submits nothing for trials that
+are finished or still queued/running.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cluster import launcher, slurm_jobs
+from cluster.profile import ClusterProfile
+from cluster.search_space import as_overrides, load_space, sample
+from cluster.training_job import TrainingJob
+from training.atomic_files import atomic_write_text
+from training.config import ConfigError, load_config
+
+log = logging.getLogger("bioscale.sweep")
+SPEC_FILE, PRUNING_FILE, TRIAL_FILE = "sweep.json", "pruning.json", "trial.json"
+
+
+@dataclass
+class SweepSpec:
+    """What defines a sweep; stored in sweep.json at the first run."""
+    config: str | None
+    overrides: list[str]
+    data: str
+    space: dict[str, Any]
+    space_source: str
+    trials: int
+    seed: int
+    epochs: int
+    prune_after_epochs: int | None = None
+    keep: int = 1
+    name: str = "sweep"
+
+    def __post_init__(self):
+        if self.trials < 1:
+            raise ConfigError(f"--trials must be >= 1, got {self.trials}")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.prune_after_epochs is not None:
+            if not 1 <= self.prune_after_epochs < self.epochs:
+                raise ConfigError(f"--prune-after-epochs must be in [1, epochs={self.epochs}), "
+                                  f"got {self.prune_after_epochs}")
+            if not 1 <= self.keep:
+                raise ConfigError(f"--keep must be >= 1, got {self.keep}")
+
+    @property
+    def pruning(self) -> bool:
+        return self.prune_after_epochs is not None and self.keep < self.trials
+
+    @property
+    def first_stage_epochs(self) -> int:
+        return self.prune_after_epochs if self.pruning else self.epochs
+
+
+@dataclass
+class TrialStatus:
+    trial: int
+    params: dict[str, Any]
+    state: str
+    """new | pending | running | requeued | finished | pruned | failed | stopped (job ended before its epochs)"""
+    target_epochs: int
+    epochs_done: int = 0
+    result: dict[str, Any] | None = None
+    job_id: str | None = None
+    exit_code: str = ""
+    stderr_tail: str = ""
+    slurm_state: str = ""
+
+    @property
+    def val_top1_err(self) -> float | None:
+        return self.result.get("val_top1_err") if self.result else None
+
+    @property
+    def test_top1_err(self) -> float | None:
+        return self.result.get("test_top1_err") if self.result else None
+
+
+@dataclass
+class Sweep:
+    root: Path
+    spec: SweepSpec
+    attempted: set[tuple[int, int]] = field(default_factory=set)
+    """(trial, target epochs) submitted by this process: a failure is retried on the next run, not in a loop."""
+
+    # ---------------------------------------------------------------- create
+    @classmethod
+    def create_or_resume(cls, root: Path, spec: SweepSpec | None) -> Sweep:
+        """Open the sweep in `root`; with `spec`, create it or check that it
+        is the same sweep (a different one needs another directory)."""
+        root = root.resolve()
+        stored_path = root / SPEC_FILE
+        stored = SweepSpec(**json.loads(stored_path.read_text())) if stored_path.exists() else None
+        if spec is None:
+            if stored is None:
+                raise ConfigError(f"{root} holds no sweep ({SPEC_FILE} missing); pass --config/--trials/--space "
+                                  "to start one")
+            return cls(root, stored)
+        if stored is not None:
+            diffs = [f"{k}: stored {a!r}, now {b!r}" for k, a, b in
+                     ((k, getattr(stored, k), getattr(spec, k)) for k in asdict(spec)) if a != b]
+            if diffs:
+                raise ConfigError(f"{root} holds a different sweep ({'; '.join(diffs)}); use another --out, "
+                                  f"or run `bioscale sweep --out {root}` to continue the stored one")
+            return cls(root, stored)
+        sweep = cls(root, spec)
+        configs = [sweep._build_trial_config(i, spec.epochs) for i in range(spec.trials)]  # all checked first
+        root.mkdir(parents=True, exist_ok=True)
+        for i, cfg in enumerate(configs):
+            sweep.trial_dir(i).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(sweep.trial_dir(i) / TRIAL_FILE,
+                              json.dumps({"trial": i, "params": sweep.params(i)}, indent=1) + "\n")
+        atomic_write_text(stored_path, json.dumps(asdict(spec), indent=1) + "\n")
+        return sweep
+
+    # ----------------------------------------------------------------- trials
+    def trial_dir(self, i: int) -> Path:
+        return self.root / "trials" / f"t{i:03d}"
+
+    def params(self, i: int) -> dict[str, Any]:
+        return sample(self.spec.space, self.spec.seed, i)
+
+    def _build_trial_config(self, i: int, epochs: int):
+        name = f"{self.spec.name}-t{i:03d}"
+        overrides = [*self.spec.overrides, *as_overrides(self.params(i)), f"train.epochs={epochs}", f"name={name}"]
+        try:
+            return launcher.build_config(self.spec.config, overrides, self.spec.data, self.trial_dir(i))
+        except ConfigError as exc:
+            raise ConfigError(f"trial {i} ({', '.join(as_overrides(self.params(i)))}): {exc}") from None
+
+    def winners(self) -> list[int] | None:
+        """Trials that continue after pruning, once decided (None before)."""
+        path = self.root / PRUNING_FILE
+        return json.loads(path.read_text())["keep"] if path.exists() else None
+
+    def target_epochs(self, i: int, winners: list[int] | None) -> int:
+        if not self.spec.pruning or (winners is not None and i in winners):
+            return self.spec.epochs
+        return self.spec.first_stage_epochs
+
+    # ----------------------------------------------------------------- status
+    def status(self, with_logs: bool = True) -> list[TrialStatus]:
+        winners = self.winners()
+        last_jobs = {}
+        for i in range(self.spec.trials):
+            records = [r for r in launcher.job_records(self.trial_dir(i)) if r.get("cluster") == "slurm"]
+            if records:
+                last_jobs[i] = records[-1]
+        states = slurm_jobs.query(r["job_id"] for r in last_jobs.values())
+        out = []
+        for i in range(self.spec.trials):
+            target = self.target_epochs(i, winners)
+            result = launcher.read_result(self.trial_dir(i))
+            done = int(result.get("epochs_completed", 0)) if result else 0
+            st = TrialStatus(i, self.params(i), "new", target, done, result)
+            record = last_jobs.get(i)
+            if record:
+                job = states[record["job_id"]]
+                st.job_id, st.slurm_state, st.exit_code = job.job_id, job.state, job.exit_code
+            if done >= target:
+                st.state = "pruned" if winners is not None and i not in winners and self.spec.pruning else "finished"
+            elif record is None or record.get("epochs", 0) < target:
+                st.state = "pruned" if winners is not None and self.spec.pruning and i not in winners else "new"
+            elif job.active or job.state == "UNKNOWN":
+                st.state = job.state.lower() if job.active else "pending"  # UNKNOWN: accounting lags a new job
+            else:
+                st.state = "failed" if job.failed else "stopped"
+                if with_logs:
+                    st.stderr_tail = slurm_jobs.tail(slurm_jobs.log_paths(record["log_dir"], job.job_id)[1])
+            out.append(st)
+        return out
+
+    # ---------------------------------------------------------------- advance
+    def advance(self, profile: ClusterProfile, max_parallel: int | None) -> list[str]:
+        """Submit what is due now; returns the new job ids (none when nothing is)."""
+        status = self.status(with_logs=False)
+        if self.spec.pruning and self.winners() is None:
+            if all(s.state in ("finished", "failed", "stopped") for s in status) and not self._retryable(status):
+                self._decide_pruning(status)
+                status = self.status(with_logs=False)
+        due = [s for s in status if s.state == "new" or (s.state in ("failed", "stopped") and
+                                                           (s.trial, s.target_epochs) not in self.attempted)]
+        winners = self.winners()
+        if self.spec.pruning and winners is not None:
+            due = [s for s in due if s.trial in winners]  # the decision is final: losers never run again
+        if not due:
+            return []
+        return self._submit(due, profile, max_parallel)
+
+    def _retryable(self, status: list[TrialStatus]) -> bool:
+        return any(s.state in ("failed", "stopped") and (s.trial, s.target_epochs) not in self.attempted
+                   for s in status)
+
+    def _decide_pruning(self, status: list[TrialStatus]) -> None:
+        ranked = sorted((s for s in status if s.state == "finished" and s.val_top1_err is not None),
+                        key=lambda s: (s.val_top1_err, s.trial))
+        keep = [s.trial for s in ranked[: self.spec.keep]]
+        pruned = [s.trial for s in status if s.trial not in keep]
+        active = [s.job_id for s in status if s.trial in pruned and s.job_id and s.state in
+                  ("pending", "running", "requeued")]
+        slurm_jobs.cancel(active)  # losers get no more compute
+        decision = {"after_epochs": self.spec.first_stage_epochs, "keep": keep, "pruned": pruned,
+                    "ranking": [{"trial": s.trial, "val_top1_err": s.val_top1_err} for s in ranked],
+                    "decided": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic_write_text(self.root / PRUNING_FILE, json.dumps(decision, indent=1) + "\n")
+        log.info("pruning after %d epoch(s): continuing trials %s, pruned %s", self.spec.first_stage_epochs,
+                 keep, pruned)
+
+    def _submit(self, due: list[TrialStatus], profile: ClusterProfile, max_parallel: int | None) -> list[str]:
+        jobs = [TrainingJob(self._build_trial_config(s.trial, s.target_epochs).to_dict(),
+                            label=f"{self.spec.name} trial {s.trial}") for s in due]
+        log_dir = self.root / "logs"
+        ex = launcher.make_executor(log_dir, profile, local=False, job_name=f"bioscale-sweep-{self.spec.name}",
+                                    max_parallel=max_parallel)
+        submitted = launcher.submit(ex, jobs)
+        for s, job in zip(due, submitted):
+            launcher.record_job(self.trial_dir(s.trial), job.job_id, log_dir, "slurm", epochs=s.target_epochs,
+                                trial=s.trial)
+            self.attempted.add((s.trial, s.target_epochs))
+        ids = [j.job_id for j in submitted]
+        log.info("submitted %d trial(s) %s to %d epoch(s): job(s) %s", len(due), [s.trial for s in due],
+                 due[0].target_epochs, ", ".join(ids))
+        return ids
+
+    def complete(self, status: list[TrialStatus]) -> bool:
+        """Every trial that should reach `epochs` has (all of them without
+        pruning; the kept ones once pruning is decided)."""
+        winners = self.winners()
+        if self.spec.pruning and winners is None:
+            return False
+        return all(s.state == "finished" for s in status if not self.spec.pruning or s.trial in winners)
+
+
+class SweepLock:
+    """One driver per sweep directory: two would submit the same trials twice."""
+
+    def __init__(self, root: Path):
+        self.path = root / ".driver.lock"
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a+")
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._f.seek(0)
+            raise ConfigError(f"another `bioscale sweep` is driving {self.path.parent} (pid {self._f.read().strip()})")
+        self._f.seek(0)
+        self._f.truncate()
+        self._f.write(str(os.getpid()))
+        self._f.flush()
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self._f, fcntl.LOCK_UN)
+        self._f.close()
+
+
+def run_sweep(sweep: Sweep, profile: ClusterProfile, *, max_parallel: int | None, wait: bool,
+              poll_s: float = 15.0, on_change=None) -> list[TrialStatus]:
+    """Drive the sweep: submit what is due, and with `wait` keep polling until
+    every trial is finished or pruned, or nothing more can run (failures).
+    `on_change(status)` is called whenever a trial changes state."""
+    with SweepLock(sweep.root):
+        seen: dict[int, str] = {}
+        while True:
+            submitted = sweep.advance(profile, max_parallel)
+            status = sweep.status(with_logs=False)
+            changes = {s.trial: s.state for s in status if seen.get(s.trial) != s.state}
+            if changes and on_change:
+                on_change(status, submitted)
+            seen.update(changes)
+            running = any(s.state in ("pending", "running", "requeued") for s in status)
+            if sweep.complete(status) or not wait or (not running and not submitted):
+                return sweep.status()
+            time.sleep(poll_s)
+
+
+def make_spec(config: str | None, overrides: list[str], data: str, space: str, trials: int, seed: int,
+              epochs: int | None, prune_after_epochs: int | None, keep: int, name: str | None) -> SweepSpec:
+    """A new sweep's spec from command-line values (paths made absolute)."""
+    base = load_config(config, overrides)
+    resolved_space = load_space(space, base.algorithm.rule)
+    return SweepSpec(config=str(Path(config).resolve()) if config else None, overrides=list(overrides),
+                     data=str(Path(data).resolve()), space=resolved_space,
+                     space_source=space if space == "paper" else str(Path(space).resolve()), trials=trials,
+                     seed=seed, epochs=epochs or base.train.epochs, prune_after_epochs=prune_after_epochs,
+                     keep=keep, name=name or base.name)
