@@ -179,7 +179,7 @@ def test_slurm_variables_two_process_all_reduce_and_exit_process(tmp_path):
             "SLURM_JOB_ID": str(port - 15000), "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
             "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_ID": "0", "SLURM_NODEID": "0",
             "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "localhost", "SLURM_STEP_TASKS_PER_NODE": "2"}
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), "--exit-process"], env=env,
+        procs.append(subprocess.Popen([sys.executable, str(WORKER)], env=env,
                                       cwd=tmp_path, stderr=subprocess.PIPE, text=True))
     for p in procs:
         _, err = p.communicate(timeout=120)
