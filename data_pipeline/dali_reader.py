@@ -182,8 +182,9 @@ class DaliReader(Reader):
             except RuntimeError as exc:
                 bad = self._locate(feeder, j)
                 if not bad:
-                    raise DataError(f"DALI failed on batch {j} of epoch {plan.epoch} "
-                                    f"(first sample {self.index.member(feeder.prepare(j)['ids'][0])}): {exc}") from exc
+                    members = [self.index.member(i) for i in feeder.prepare(j)["ids"][:1]]
+                    raise DataError(f"DALI failed on batch {j} of epoch {plan.epoch} (PIL decodes all of it; "
+                                    f"first sample {members or 'none'}): {exc}") from exc
                 if self.on_error != "skip":
                     raise DataError(bad[0][1]) from None
                 self._skip([problem for _, problem in bad])

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         for problem in report.problems:
             print(f"DAMAGED {problem}", file=sys.stderr)
         if report.ok:
-            print("  OK: checksums match, every member decodes")
+            print("  OK: checksums match" + ("" if args.no_decode else ", every member decodes"))
         else:
             print(f"  {len(report.problems)} problem(s)", file=sys.stderr)
             status = 1
