@@ -43,7 +43,7 @@ class _Feeder:
     def prepare(self, j: int) -> dict:
         if j in self.cache:
             return self.cache[j]
-        r, t = self.reader, self.reader.transform
+        r = self.reader
         draws = self.plan.draws(j)
         batch = {"ids": [], "data": [], "anchor": [], "shape": [], "flip": [], "labels": []}
         for k, i in enumerate(self.plan.indices(j)):

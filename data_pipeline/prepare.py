@@ -207,7 +207,7 @@ def prepare(dataset: str, out: str | os.PathLike, src: str | os.PathLike | None 
             max_side: int | None = None, skip_bad: bool = False, progress: bool | None = None) -> dict:
     """Prepare every split; return {split: summary}. Raises DataError naming
     the file on bad input unless `skip_bad` (then skipped, counted, reported)."""
-    global _SOURCE, _SKIP_BAD
+    global _SOURCE
     source = open_source(dataset, src, max_side=max_side, skip_bad=skip_bad)
     shard_size = shard_size or DEFAULT_SHARD_SIZE[dataset]
     if shard_size < 1:

@@ -101,7 +101,7 @@ class Reader:
 
 def _dali_available() -> bool:
     try:
-        import nvidia.dali  # noqa: F401
+        import nvidia.dali  # noqa: F401 -- only whether it imports
     except ImportError:
         return False
     return True

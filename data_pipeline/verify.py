@@ -18,9 +18,8 @@ from pathlib import Path
 
 from .errors import DataError
 from .manifest import MANIFEST, load_manifest, manifest_path
+from .index import IMAGE_EXTS
 from .shardfile import file_sha256, index_lines, split_member_name
-
-IMAGE_EXTS = {"jpg", "jpeg", "png"}
 
 
 @dataclass
@@ -45,7 +44,7 @@ def _check_sample(shard: Path, key: str, members: dict[str, bytes], num_classes:
     """Problems of one sample appended to `problems`; returns its label if valid."""
     from PIL import Image
 
-    images = sorted(set(members) & IMAGE_EXTS)
+    images = sorted(set(members) & set(IMAGE_EXTS))
     if len(images) != 1:
         problems.append(f"{shard}: sample {key}: {len(images)} image members (has {sorted(members)})")
     for ext in images if decode else ():

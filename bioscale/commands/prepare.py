@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
                f"{s['shards'] - s['rewritten']} reused) -> {os.path.join(args.out, split)}"
         print(line)
         if s["quirks"]:
-            print(f"  re-encoded: " + ", ".join(f"{k}={v}" for k, v in s["quirks"].items()))
+            print("  re-encoded: " + ", ".join(f"{k}={v}" for k, v in s["quirks"].items()))
         for item in s["skipped"] + (s["source_skipped"] if split == "train" else []):
             print(f"  skipped {item['id']}: {item['error']}")
     return 0

@@ -23,7 +23,7 @@ def _rank_main(rank: int, world: int, init: str, shards: str, results: str) -> N
         for kind in ("wds", "dali"):
             evaluation = build_reader(f"{shards}/test", kind=kind, train=False, batch_size=4, rank=rank,
                                       world_size=world, num_workers=1)
-            ids, batches, correct, total = [], 0, torch.zeros(2), 0
+            ids, batches, correct = [], 0, torch.zeros(2)
             for images, labels in evaluation:
                 batches += 1
                 batch_ids = decode_ids(images)
