@@ -168,7 +168,10 @@ class TargetPropagation(Rule):
         losses = {}
         for l in self.inverse_layers(net.depth):
             block, h_prev = net.blocks[l - 1], hs[l - 1].detach()
-            eps = noise[l] if noise is not None and l in noise else torch.randn_like(h_prev) * self.sigma
+            if noise is not None and l in noise:
+                eps = noise[l]
+            else:  # randn (contiguous), not randn_like: on a strided view normal_ is ~10× slower (measured)
+                eps = torch.randn(h_prev.shape, dtype=h_prev.dtype, device=h_prev.device).mul_(self.sigma)
             h_noisy = h_prev + eps
             is_top = l == net.depth
             if is_top:
