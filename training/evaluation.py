@@ -16,11 +16,13 @@ def evaluate(net, reader, device: torch.device, autocast_dtype: torch.dtype | No
     net.eval()
     counts = torch.zeros(4, dtype=torch.float64)  # top1 correct, top5 correct, samples, summed loss
     for images, labels in reader:
-        if labels.numel() == 0:  # a rank may get an empty final batch
-            continue
+        # A rank's final batch may be empty; it still runs the forward: under ZeRO-3 every
+        # forward gathers parameters collectively, and a rank that skipped would hang the others.
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = net(images.to(next(net.parameters()).dtype)).float()
+        if labels.numel() == 0:
+            continue
         k = min(5, logits.shape[1])
         topk = logits.topk(k, dim=1).indices
         hit = topk == labels[:, None]
