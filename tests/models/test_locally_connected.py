@@ -66,7 +66,7 @@ def dummy_forward_transpose(layer, y):
     return xt
 
 
-def random_layer(c, o, size, kernel, stride, padding, dtype=torch.float64, seed=0, recompute=True):
+def random_layer(c, o, size, kernel, stride, padding, dtype=torch.float64, seed=0, recompute=False):
     torch.manual_seed(seed)
     layer = LocallyConnected2d(c, o, size, kernel, stride, padding, dtype=dtype, recompute_unfold=recompute)
     with torch.no_grad():
@@ -140,8 +140,6 @@ def test_transpose_is_adjoint(dtype, tol, c, o, size, kernel, stride, padding):
 
 @pytest.mark.parametrize("c,o,size,kernel,stride,padding", CASES[1::4])
 def test_transpose_equals_dummy_forward_trick(c, o, size, kernel, stride, padding):
-    if isinstance(padding, tuple):
-        pytest.skip("covered by the int/str cases")
     layer = random_layer(c, o, size, kernel, stride, padding)
     t = layer.transpose()
     y = torch.randn(3, o, *layer.output_size, dtype=torch.float64)
