@@ -1,0 +1,297 @@
+"""Layer pipeline: a Learner's blocks split into S stages on S ranks (× D data-parallel
+replicas), micro-batches in a 1F1B schedule, our own point-to-point send/recv over gloo
+(nccl on GPU).
+
+Why our own schedule and not DeepSpeed's PipelineModule or torch.distributed.pipelining:
+both own the backward — they run autograd from a loss on the last stage and pass
+"the gradient" between stages, with one optimizer step at the end. Our rules need (1) each
+stage's *own* loss terms (inverse losses) added to the backward of the signal it receives,
+(2) each stage stepping its own two optimizers, and (3) in decoupled mode a step right
+after each micro-batch backward; PipelineModule also refuses ZeRO 2/3
+(shared/notes/deepspeed-cpu.md). With feedback-as-autograd none of that is needed:
+
+    forward  stage s: h_in (received, requires_grad) → the rule's boundaries of its
+             blocks → h_out, sent to s+1; inverse losses of its layers from h_in.detach()
+    backward stage s: autograd.backward([h_out, own losses], [signal from s+1, 1]);
+             h_in.grad is exactly what the boundary Function of the stage's first block
+             returns — c·δ_{a−1} for TP (c = 1), the true gradient for BP, B-feedback for
+             FA — and is sent to s−1.
+
+Micro-batches need no grad scale c: every loss is summed over samples, so accumulating
+the M micro-batch gradients gives the full batch's (not so for DeepSpeed's GAS, which
+divides the loss).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from algorithms.config import OptimConfig
+from algorithms.feedback import FeedbackTrace, TraceGap
+from algorithms.learner import Learner
+from algorithms.optim import Updater
+from distributed.pipeline_schedule import PipelineConfig, one_f_one_b, partition, placement, ranges_from_balance
+from distributed.process_group import get_rank, get_world_size, is_initialized
+
+
+@dataclass
+class _InFlight:
+    """What a micro-batch leaves on a stage between its forward and its backward."""
+    h_in: torch.Tensor | None
+    h_out: torch.Tensor | None
+    loss: torch.Tensor | None
+    version: int  # optimizer steps this stage had taken at the forward (staleness = steps since)
+
+
+@dataclass
+class StageStats:
+    staleness: list[int] = field(default_factory=list)
+    compute_s: float = 0.0
+    wait_s: float = 0.0  # blocked in recv: the pipeline bubble plus transfer time
+
+
+class _StageParams:
+    """The two parameter lists `algorithms.Updater` needs, restricted to one stage, so the
+    stage reuses its separate forward/inverse Adam logic unchanged."""
+
+    def __init__(self, forward, inverse):
+        self._forward, self._inverse = forward, inverse
+
+    def forward_parameters(self):
+        return self._forward
+
+    def inverse_parameters(self):
+        return self._inverse
+
+
+class Pipeline:
+    """This rank's stage. Call `train(batches)` on every rank with the same global batches
+    (stage 0 reads x, the last stage the labels, every stage the micro-batch sizes)."""
+
+    def __init__(self, learner: Learner, optim: OptimConfig, cfg: PipelineConfig):
+        world = get_world_size()
+        if world != cfg.stages * cfg.data_parallel:
+            raise ValueError(f"pipeline {cfg.stages} stages × {cfg.data_parallel} replicas needs "
+                             f"{cfg.stages * cfg.data_parallel} ranks, the process group has {world}")
+        rule = learner.rule
+        if rule.name == "dfa":
+            raise ValueError("rule 'dfa' is not pipelined: its hidden signals read the output error "
+                             "from a trace shared by all blocks, which spans stages")
+        if cfg.mode == "decoupled" and rule.name == "bp":
+            raise ValueError("decoupled mode needs a rule whose boundary signal does not read the forward "
+                             "weights (TP rules, FA): backprop through weights stepped since the forward is "
+                             "refused by autograd's version check (it would need weight stashing)")
+        self.cfg, self.learner, self.rule = cfg, learner, rule
+        net = learner.net
+        self.depth = net.depth
+        self.stage, self.replica = placement(get_rank(), cfg)
+        self.first, self.last = self.stage == 0, self.stage == cfg.stages - 1
+        costs = [sum(p.numel() for p in b.parameters()) for b in net.blocks]
+        ranges = (ranges_from_balance(cfg.balance, len(costs)) if cfg.balance
+                  else partition(costs, cfg.stages))
+        self.ranges = ranges
+        self.layers = [i + 1 for i in ranges[self.stage]]  # 1-based, as in the rules
+        self._drop_other_blocks(learner, set(self.layers))
+        # The rule computes inverse losses for every layer; this stage owns only some.
+        # A shallow copy with a narrowed `inverse_layers` reuses the rule's own code.
+        self.stage_rule = copy.copy(rule)
+        owned = set(self.layers)
+        self.stage_rule.inverse_layers = lambda depth: [l for l in rule.inverse_layers(depth) if l in owned]
+        inverse = [p for l in self.stage_rule.inverse_layers(self.depth)
+                   for p in net.blocks[l - 1].inverse_layer.parameters()]
+        forward = [p for l in self.layers for p in net.blocks[l - 1].layer.parameters()]
+        self.updater = Updater(_StageParams(forward, inverse), optim)
+        self.params = forward + inverse
+        first_param = forward[0]
+        self.dtype, self.device = first_param.dtype, first_param.device
+        rank = get_rank()
+        self.prev_rank = rank - cfg.data_parallel if not self.first else None
+        self.next_rank = rank + cfg.data_parallel if not self.last else None
+        self.dp_group = None
+        if cfg.data_parallel > 1:
+            # new_group is collective over the whole world: every rank creates every stage's group.
+            for s in range(cfg.stages):
+                g = dist.new_group([s * cfg.data_parallel + d for d in range(cfg.data_parallel)])
+                if s == self.stage:
+                    self.dp_group = g
+        self.version = 0
+        self.stats = StageStats()
+        self._pending: list = []
+
+    @staticmethod
+    def _drop_other_blocks(learner: Learner, owned: set[int]) -> None:
+        """Free the blocks (and FA feedback matrices) other stages own; state_dict() then
+        holds exactly this stage's tensors under the single-process names."""
+        blocks = learner.net.blocks
+        for l in range(1, len(blocks) + 1):
+            if l not in owned:
+                blocks[l - 1] = nn.Identity()
+        for name in list(learner.feedback):
+            if name.startswith("feedback_") and int(name.removeprefix("feedback_")) not in owned:
+                learner.register_buffer(name, None)
+
+    # ---- one micro-batch -------------------------------------------------------------------
+    def _forward(self, x, y, noise, phase) -> _InFlight:
+        signal = phase != "inverse"  # the inverse phase trains g_l only: nothing crosses backward
+        if self.first:
+            h = x
+        else:
+            h = torch.empty((y.shape[0], *self.learner.net.blocks[self.layers[0] - 1].in_shape),
+                            dtype=self.dtype, device=self.device)
+            self._recv(h, self.prev_rank)
+            h.requires_grad_(signal)
+        t0 = time.perf_counter()
+        h_in, trace, hs = h, FeedbackTrace(1.0), {self.layers[0] - 1: h}
+        feedback, blocks = self.learner.feedback, self.learner.net.blocks
+        loss = None
+        with torch.set_grad_enabled(signal):
+            # Same graph as Learner._propagate, for this stage's blocks only.
+            for l in self.layers:
+                if l == self.depth:
+                    logits = self.rule.top(l, blocks[l - 1], h, y, trace, feedback)
+                    if phase != "inverse":
+                        loss = F.cross_entropy(logits, y, reduction="sum")
+                    self._logits = logits.detach()
+                else:
+                    h = self.rule.hidden(l, blocks[l - 1], h, trace, feedback)
+                    if h.requires_grad:
+                        h = TraceGap.apply(h, l, trace)
+                    hs[l] = h
+        if phase != "forward":
+            inv = self.stage_rule.inverse_losses(self.learner.net, hs, noise)
+            if inv:
+                loss = sum(inv.values()) if loss is None else loss + sum(inv.values())
+        self.stats.compute_s += time.perf_counter() - t0
+        h_out = None if self.last else h
+        if h_out is not None:
+            self._send(h_out.detach(), self.next_rank)
+        return _InFlight(h_in if signal and not self.first else None, h_out if signal else None, loss, self.version)
+
+    def _backward(self, rec: _InFlight) -> None:
+        tensors, grads = [], []
+        if rec.h_out is not None:
+            g = torch.empty(rec.h_out.shape, dtype=rec.h_out.dtype, device=rec.h_out.device)
+            self._recv(g, self.next_rank)
+            tensors.append(rec.h_out)
+            grads.append(g)
+        if rec.loss is not None:
+            tensors.append(rec.loss)
+            grads.append(torch.ones_like(rec.loss))
+        t0 = time.perf_counter()
+        if tensors:
+            torch.autograd.backward(tensors, grads)
+        self.stats.compute_s += time.perf_counter() - t0
+        if rec.h_in is not None:
+            if rec.h_in.grad is None:
+                raise RuntimeError(f"stage {self.stage}: no signal reached its input h_{self.layers[0] - 1}")
+            self._send(rec.h_in.grad, self.prev_rank)
+        self.stats.staleness.append(self.version - rec.version)
+
+    # ---- communication -----------------------------------------------------------------------
+    def _send(self, t: torch.Tensor, dst: int) -> None:
+        # isend: a blocking send could wait for a peer that is itself blocked sending to us.
+        self._pending.append(dist.isend(t.contiguous(), dst))
+        self._pending = [w for w in self._pending if not w.is_completed()]
+
+    def _recv(self, t: torch.Tensor, src: int) -> None:
+        t0 = time.perf_counter()
+        dist.recv(t, src)
+        self.stats.wait_s += time.perf_counter() - t0
+
+    def _flush_sends(self) -> None:
+        for w in self._pending:
+            w.wait()
+        self._pending = []
+
+    # ---- updates -----------------------------------------------------------------------------
+    def _step(self, phase: str) -> None:
+        if self.dp_group is not None:
+            _all_reduce_grads(self.params, self.dp_group)
+        if phase in ("both", "forward"):
+            self.updater.forward.step()
+        if self.updater.inverse is not None and phase in ("both", "inverse"):
+            self.updater.inverse.step()
+        for opt in self.updater.optimizers():
+            opt.zero_grad(set_to_none=True)
+        self.version += 1
+
+    # ---- driver ------------------------------------------------------------------------------
+    def _micro_batches(self, batches: Iterable) -> Iterator[tuple]:
+        """This replica's slice of each global batch (rank r of D takes the r-th slice, as in
+        the data-parallel plan), cut into M micro-batches; noise[l] is sliced the same way."""
+        d, D, M = self.replica, self.cfg.data_parallel, self.cfg.micro_batches
+        for batch in batches:
+            x, y, noise = (*batch, None)[:3]
+            idx = torch.tensor_split(torch.arange(y.shape[0]), D)[d]
+            for part in torch.tensor_split(idx, M):
+                yield (x[part] if self.first else None, y[part],
+                       {l: n[part] for l, n in noise.items()} if noise else None)
+
+    def train(self, batches: list, phase: str = "both") -> dict:
+        """Train on `batches` ([(x, y) or (x, y, noise)], the same global batches on every
+        rank). Returns per-batch global loss / correct / count (summed over replicas, known
+        on every rank) and this stage's staleness and timing."""
+        self.learner.train()
+        cfg, n_batches = self.cfg, len(batches)
+        stats = torch.zeros(n_batches, 3, dtype=torch.float64)  # loss, correct, samples
+        source = self._micro_batches(batches)
+        inflight: dict[int, _InFlight] = {}
+        # sync: one 1F1B schedule per batch, flushed, one step. decoupled: one schedule over
+        # the whole stream and a step after every micro-batch backward.
+        rounds = [cfg.micro_batches] * n_batches if cfg.mode == "sync" else [cfg.micro_batches * n_batches]
+        j0 = 0
+        for n in rounds:
+            for op, j in one_f_one_b(self.stage, cfg.stages, n):
+                j += j0
+                if op == "F":
+                    x, y, noise = next(source)
+                    inflight[j] = self._forward(x, y, noise, phase)
+                    if self.last:
+                        b = j // cfg.micro_batches
+                        stats[b, 0] += float(F.cross_entropy(self._logits, y, reduction="sum"))
+                        stats[b, 1] += float((self._logits.argmax(1) == y).sum())
+                        stats[b, 2] += y.shape[0]
+                else:
+                    self._backward(inflight.pop(j))
+                    if cfg.mode == "decoupled":
+                        self._step(phase)
+            j0 += n
+            if cfg.mode == "sync":
+                self._step(phase)
+        self._flush_sends()
+        if is_initialized():
+            dist.all_reduce(stats)  # only last-stage ranks contributed: every rank gets the curve
+        return {"loss": stats[:, 0].tolist(), "correct": stats[:, 1].tolist(), "samples": stats[:, 2].tolist(),
+                "staleness": self.staleness_summary()}
+
+    def staleness_summary(self) -> dict:
+        s = self.stats.staleness
+        return {"stage": self.stage, "mean": sum(s) / len(s) if s else 0.0, "max": max(s, default=0),
+                "micro_batches": len(s), "compute_s": round(self.stats.compute_s, 4),
+                "wait_s": round(self.stats.wait_s, 4)}
+
+    def stage_state(self) -> dict[str, torch.Tensor]:
+        """This stage's parameters and buffers under the single-process Learner's names."""
+        return {k: v.detach().clone() for k, v in self.learner.state_dict().items()}
+
+
+def _all_reduce_grads(params, group) -> None:
+    """SUM over the stage's replicas (losses are batch sums: D replicas × B = one × D·B),
+    one flat buffer. gradient_sync.all_reduce_gradients does the same on the default group."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=group)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
