@@ -21,6 +21,7 @@ from training.checkpoint import CheckpointManager, check_compatible, load_weight
 from training.config import ConfigError, ExperimentConfig
 from training.divergence import check_step, check_weights
 from training.evaluation import evaluate
+from training.host_memory import keep_freed_memory
 from training.metrics import MetricsLogger
 from training.progress import ProgressReporter
 from training.selection import select_epoch, write_result
@@ -41,6 +42,7 @@ class Trainer:
         except ValueError as exc:
             raise ConfigError(f"config: {exc}") from None
         self.cfg, self.run_dir = cfg, Path(cfg.out)
+        keep_freed_memory()
         self.env = read_environment()
         init_distributed(self.env, require_group=cfg.distributed.backend == "deepspeed")
         self.device = local_device(self.env, cfg.distributed.device)

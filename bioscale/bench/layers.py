@@ -19,17 +19,16 @@ under the same setting.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import statistics
-import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from algorithms import OptimConfig, RuleConfig, Updater, build_learner
+from bioscale.bench.timing import Context
 from models.locally_connected import LocallyConnected2d
+from training.host_memory import keep_freed_memory
 
 # ICLR 2018 CIFAR-10 LC net: (out_channels, kernel, stride), SAME, input 3×32×32, tanh, then linear softmax.
 CIFAR_LC = [(32, 3, 2), (32, 3, 2), (16, 3, 1), (16, 3, 2), (10, 1, 1)]
@@ -45,40 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--imagenet-batch", type=int, default=32, help="ImageNet layer batch size")
     parser.add_argument("--default-malloc", action="store_true",
                         help="leave glibc's allocator thresholds alone (expect page-fault noise)")
-
-
-@dataclass
-class Context:
-    quick: bool
-    reps: int
-    warmup: int
-    batch: int
-    imagenet_batch: int
-    results: dict = field(default_factory=dict)
-    log: Callable[[str], None] = print
-
-    def compare(self, fns: dict[str, Callable[[], object]], reps: int | None = None) -> dict[str, float]:
-        """Median per-thread CPU milliseconds of each fn, the fns alternating within every repetition."""
-        for fn in fns.values():
-            for _ in range(self.warmup):
-                fn()
-        times = {name: [] for name in fns}
-        for _ in range(reps or self.reps):
-            for name, fn in fns.items():
-                t0 = time.thread_time()
-                fn()
-                times[name].append(time.thread_time() - t0)
-        return {name: statistics.median(v) * 1e3 for name, v in times.items()}
-
-
-def tune_malloc() -> bool:
-    """Keep freed memory in the process (no trimming, no per-allocation mmap). glibc only."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(libc.mallopt(m_mmap_threshold, 1 << 30))
 
 
 def measure_sgemm_peak(ctx: Context) -> dict:
@@ -216,12 +181,30 @@ def measure_transpose(ctx: Context) -> dict:
             "transpose_dummy_vs_explicit_ratio": round(ratio, 3)}
 
 
+def measure_dtp_vs_bp_step(ctx: Context) -> dict:
+    """A whole training step (forward, backward with the rule's boundary signals and inverse
+    losses, both Adam steps) of the registry's CIFAR LC net: DTP vs BP, same batch."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(ctx.batch, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (ctx.batch,), generator=g)
+    steps = {}
+    for rule in ("bp", "dtp", "sdtp"):
+        updater = Updater(build_learner("iclr_cifar_lc", RuleConfig(rule=rule), seed=0), OptimConfig())
+        steps[rule] = (lambda u: lambda: u.step(x, y))(updater)
+    ms = ctx.compare(steps)
+    ctx.log(f"CIFAR LC net step, batch {ctx.batch}: BP {ms['bp']:.1f} ms, DTP {ms['dtp']:.1f} ms "
+            f"({ms['dtp'] / ms['bp']:.2f}×), SDTP {ms['sdtp']:.1f} ms ({ms['sdtp'] / ms['bp']:.2f}×)")
+    return {"bp_step_ms": round(ms["bp"], 2), "dtp_step_ms": round(ms["dtp"], 2), "sdtp_step_ms": round(ms["sdtp"], 2),
+            "dtp_vs_bp_step_ratio": round(ms["dtp"] / ms["bp"], 3),
+            "sdtp_vs_bp_step_ratio": round(ms["sdtp"] / ms["bp"], 3)}
+
+
 MEASUREMENTS: list[Callable[[Context], dict]] = [
     measure_sgemm_peak,
     measure_cifar,
     measure_imagenet_layers,
     measure_transpose,
-    # HOOK (algorithms/): a measure_dtp_vs_bp_step(ctx) returning {"dtp_vs_bp_step_ratio": ...} goes here.
+    measure_dtp_vs_bp_step,
 ]
 
 
@@ -229,7 +212,7 @@ def run(args: argparse.Namespace) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        malloc_tuned = False if args.default_malloc else tune_malloc()
+        malloc_tuned = False if args.default_malloc else keep_freed_memory()
         ctx = Context(quick=args.quick, reps=args.reps or (2 if args.quick else 30), warmup=1 if args.quick else 5,
                       batch=args.batch, imagenet_batch=args.imagenet_batch)
         result = {"threads": 1, "malloc_tuned": malloc_tuned, "quick": bool(args.quick), "torch": torch.__version__}

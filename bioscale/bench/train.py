@@ -10,7 +10,8 @@ import argparse
 import torch
 
 from algorithms import RULES, AdamConfig, OptimConfig, RuleConfig, Updater, build_learner
-from bioscale.bench.layers import Context, tune_malloc
+from bioscale.bench.timing import Context
+from training.host_memory import keep_freed_memory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +29,7 @@ def _step_fn(arch: str, rule: str, x: torch.Tensor, y: torch.Tensor):
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
-    tune_malloc()
+    keep_freed_memory()
     reps = args.reps or (2 if args.quick else 20)
     ctx = Context(quick=args.quick, reps=reps, warmup=1 if args.quick else 3, batch=args.batch, imagenet_batch=0)
     from models import get_arch
