@@ -1,6 +1,7 @@
-"""`bioscale bench <suite> [--json]`: each suite lives in `bioscale/bench/<suite>.py`
-with `add_arguments(parser)` and `run(args) -> dict`; the dict is printed as
-one JSON object on the last line of stdout when --json is given."""
+"""`bioscale bench <suite> [--json] [options]`: each suite lives in `bioscale/bench/<suite>.py`
+with `add_arguments(parser)` and `run(args) -> dict`; the dict is printed as one JSON
+object on the last line of stdout when --json is given. Only the chosen suite is
+imported, so one suite's missing dependency never breaks the others."""
 
 from __future__ import annotations
 
@@ -8,19 +9,21 @@ import argparse
 import importlib
 import json
 
-SUITES = ("layers", "data", "train")
+SUITES = ("layers", "data", "train", "scale")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="suite", required=True)
-    for name in SUITES:
-        p = sub.add_parser(name)
-        p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-        importlib.import_module(f"bioscale.bench.{name}").add_arguments(p)
+    parser.add_argument("suite", choices=SUITES, help="which benchmark")
+    parser.add_argument("options", nargs=argparse.REMAINDER, help="the suite's options (`bioscale bench SUITE -h`)")
 
 
 def run(args: argparse.Namespace) -> int:
-    result = importlib.import_module(f"bioscale.bench.{args.suite}").run(args)
-    if args.json:
+    module = importlib.import_module(f"bioscale.bench.{args.suite}")
+    parser = argparse.ArgumentParser(prog=f"bioscale bench {args.suite}", description=module.__doc__)
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    module.add_arguments(parser)
+    opts = parser.parse_args(args.options)
+    result = module.run(opts)
+    if opts.json:
         print(json.dumps(result, sort_keys=True))
     return 0
