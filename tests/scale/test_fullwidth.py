@@ -1,0 +1,38 @@
+"""The full-width ImageNet LC nets: registered names, All-CNN widths, parameter counts
+(meta device: nothing allocated) and one TP step at reduced resolution."""
+
+from __future__ import annotations
+
+import torch
+
+from algorithms import OptimConfig, RuleConfig, Updater, build_learner
+from models.architectures import ARCHITECTURES
+from models.fullwidth import FULLWIDTH, parameter_counts
+
+
+def test_registered_with_all_cnn_widths():
+    assert set(FULLWIDTH) <= set(ARCHITECTURES)
+    widths = {name: [layer[2] for layer in ARCHITECTURES[name].layers] for name in FULLWIDTH}
+    assert widths["imagenet_lc_fullwidth_iclr"] == [96, 256, 384, 1024]
+    assert widths["imagenet_lc_fullwidth_neurips"] == [96, 96, 256, 256, 384, 384, 1024]
+    # only the widths change: kernels, strides, padding and pooling are the paper's
+    for name, paper in zip(FULLWIDTH, ("iclr_imagenet_lc", "neurips_imagenet_lc")):
+        strip = lambda layers: [(l[0], l[1], *l[3:]) for l in layers]  # noqa: E731
+        assert strip(ARCHITECTURES[name].layers) == strip(ARCHITECTURES[paper].layers)
+
+
+def test_parameter_counts_printed():
+    for name in FULLWIDTH:
+        full, paper = parameter_counts(name), parameter_counts(name.replace("imagenet_lc_fullwidth_", "") + "_imagenet_lc")
+        print(f"{name}: {full['forward_weights']:,} forward weights ({full['forward_weights'] / paper['forward_weights']:.1f}× "
+              f"the paper's net), {full['inverse_params']:,} inverse params")
+        assert full["forward_weights"] > 4 * paper["forward_weights"]
+    assert parameter_counts("imagenet_lc_fullwidth_iclr")["forward_weights"] == 799_000_576
+
+
+def test_one_sdtp_step_at_32px():
+    learner = build_learner("imagenet_lc_fullwidth_neurips", RuleConfig(rule="sdtp"), input_shape=(3, 32, 32))
+    updater = Updater(learner, OptimConfig())
+    before = learner.net.blocks[0].layer.weight.detach().clone()
+    out = updater.step(torch.randn(2, 3, 32, 32), torch.tensor([3, 999]))
+    assert torch.isfinite(out.loss) and not torch.equal(before, learner.net.blocks[0].layer.weight)
