@@ -1,0 +1,120 @@
+"""`bioscale reproduce <table> [--budget small|paper] [--launcher local|slurm] --out DIR [--set key=value ...]`
+
+Runs every row of one of the paper's tables (methods × architectures) with its config from
+configs/, then writes DIR/results.md, DIR/results.csv and DIR/figures/*.png next to the
+paper's numbers. Re-running skips finished rows and resumes unfinished ones.
+
+Tables: fashion-mnist (real data on the dev machine; prepared automatically), mnist,
+cifar10, cifar10-aug, imagenet (`--data` a directory made by `bioscale prepare`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+TABLE_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar10-aug", "imagenet")  # training.reproduction.TABLES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("table", choices=TABLE_NAMES)
+    parser.add_argument("--budget", default="small", choices=("small", "paper"),
+                        help="small: minutes per row on a CPU (the default); paper: the paper's epochs")
+    parser.add_argument("--out", help="output directory (runs/, results.md, results.csv, figures/)")
+    parser.add_argument("--data", help="prepared dataset directory (default: data/<dataset>; fashion-mnist is "
+                                       "prepared there from the Debian package when missing)")
+    parser.add_argument("--seeds", type=int, help="seeds per row (default: the budget's, 1)")
+    parser.add_argument("--rows", action="append", default=[], metavar="GLOB",
+                        help="only rows whose key matches, e.g. 'fc_*' or 'fashion_mnist/lc_sdtp' (repeatable)")
+    parser.add_argument("--launcher", default="local", choices=("local", "slurm"),
+                        help="slurm: one SLURM job per run through cluster/ (when installed), then wait")
+    parser.add_argument("--profile", help="cluster profile for --launcher slurm (cluster/profiles/NAME.yaml)")
+    parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures (no matplotlib needed)")
+    parser.add_argument("--list", action="store_true", help="print the table's rows and configs, run nothing")
+    # an option, not trailing positionals: argparse would bind those to the table's chunk and reject them
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every run, e.g. --set data.num_workers=0 (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.config import ConfigError
+    from training.reproduction import get_table, reproduce
+
+    table = get_table(args.table)
+    if args.list:
+        for row in table.rows:
+            print(f"{row.key:45s} {row.method:22s} {row.net:22s} configs/{row.config}")
+        return 0
+    if not args.out:
+        print("bioscale reproduce: --out DIR is required", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    data = Path(args.data) if args.data else Path("data") / table.dataset
+    if not (data / "train" / "manifest.json").exists():
+        if args.data or table.dataset != "fashion-mnist":
+            print(f"bioscale reproduce: no prepared dataset at {data}; run `bioscale prepare {table.dataset} "
+                  f"--src RAW --out {data}` first (or pass --data)", file=sys.stderr)
+            return 2
+        from data_pipeline import prepare
+
+        prepare("fashion-mnist", data, workers=min(2, os.cpu_count() or 1), progress=False)
+    executor = _slurm_executor(args, data) if args.launcher == "slurm" else None
+    context = [f"Command: `{_command(args)}`",
+               f"Machine: {platform.node()}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+               f"launcher {args.launcher}."]
+    try:
+        summary = reproduce(table, args.budget, data=data, out=args.out, seeds=args.seeds, rows=args.rows,
+                            overrides=args.overrides, executor=executor, figures=not args.no_figures,
+                            context=context)
+    except (ConfigError, ValueError) as exc:
+        print(f"bioscale reproduce: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {summary.markdown} and {summary.csv} ({len(summary.figures)} figures) "
+          f"in {summary.wall_s:.0f} s")
+    return 0 if all(r.status == "ok" for r in summary.results) else 1
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The invocation, rebuilt from the parsed options (for results.md)."""
+    words = ["bioscale", "reproduce", args.table, "--budget", args.budget, "--out", args.out]
+    words += ["--data", args.data] if args.data else []
+    words += ["--seeds", str(args.seeds)] if args.seeds else []
+    for pattern in args.rows:
+        words += ["--rows", pattern]
+    words += ["--launcher", "slurm"] if args.launcher == "slurm" else []
+    for override in args.overrides:
+        words += ["--set", override]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _slurm_executor(args: argparse.Namespace, data: Path):
+    """One SLURM job per run through cluster/ (the only layer allowed to import it is this
+    CLI); without cluster/ installed the table runs here, locally."""
+    try:
+        from cluster import launcher
+        from cluster.profile import load_profile
+    except ImportError as exc:
+        print(f"bioscale reproduce: --launcher slurm needs cluster/ ({exc}); running locally", file=sys.stderr)
+        return None
+    profile = load_profile(args.profile)
+
+    def execute(runs) -> None:
+        job_ids = []
+        for run in runs:
+            active = launcher.active_job(run.run_dir)
+            if active:  # submitted by an earlier invocation and still queued or running
+                job_ids.append(active)
+                continue
+            cfg = launcher.build_config(str(run.config_path), run.overrides, str(data.resolve()), run.run_dir)
+            job_ids.append(launcher.launch(cfg, profile).job_id)
+            print(f"submitted {run.label}: job {job_ids[-1]}", flush=True)
+        states = launcher.wait_for(job_ids)
+        failed = {j: s.state for j, s in states.items() if s.state != "COMPLETED"}
+        if failed:
+            print(f"bioscale reproduce: jobs not completed: {failed}; re-run to resume them", file=sys.stderr)
+
+    return execute

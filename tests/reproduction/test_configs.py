@@ -1,0 +1,79 @@
+"""Every experiment file under configs/ is a valid, buildable row of some table: it loads
+(strictly: unknown keys and wrong types fail), its rule builds, its architecture builds on
+the meta device (no memory, so the 260M-weight ImageNet nets are checked too), and the
+tables point at exactly these files with matching rule, schedule and net."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from algorithms import build_rule
+from models import build_network
+from training.config import load_config
+from training.reproduction.tables import TABLES
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+ROW_FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if "base" not in p.relative_to(CONFIGS).parts)
+TABLE_ROWS = {row.config: row for table in TABLES.values() for row in table.rows}
+
+
+def test_there_is_a_config_per_row_of_every_paper_table():
+    # ICLR: T1 10 + T2 (20 + conv) + T3 3; NeurIPS: MNIST 19, CIFAR 19, ImageNet 6; Fashion-MNIST 38
+    assert len(ROW_FILES) == 34 + 44 + 38
+    assert {str(p.relative_to(CONFIGS)) for p in ROW_FILES} == set(TABLE_ROWS)
+    for path in ("fashion_mnist/fc_bp.yaml", "fashion_mnist/lc_bp.yaml", "fashion_mnist/lc_sdtp.yaml",
+                 "fashion_mnist/conv_bp.yaml", "fashion_mnist/lc_dtp_alt.yaml"):
+        assert path in TABLE_ROWS
+
+
+@pytest.mark.parametrize("path", ROW_FILES, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_config_dry_run(path):
+    cfg = load_config(path)
+    rule = build_rule(cfg.algorithm)
+    net = build_network(cfg.model.arch, with_inverses=rule.target_propagation,
+                        output_inverse=rule.uses_output_inverse, aux_dim=rule.aux_dim, device="meta")
+    assert next(net.parameters()).is_meta
+    row = TABLE_ROWS[str(path.relative_to(CONFIGS))]
+    assert (cfg.model.arch, cfg.algorithm.rule, cfg.algorithm.schedule) == (row.net, row.rule, row.schedule)
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("#"), "a config states its source (table / row) in its first comment"
+    if path.name != "lc_sdtp.yaml":  # the quickstart's file predates the table
+        assert "Hyperparameters:" in text
+    if cfg.algorithm.rule == "dtp":
+        assert "batch-MEAN" in text  # the α convention is stated where α is set
+        assert cfg.algorithm.alpha < 0.01  # converted from the paper's batch-mean scale
+
+
+def test_paper_versions_keep_their_inverse_losses():
+    # ICLR trained every TP inverse with the denoising loss; NeurIPS used noise-preserving for DTP.
+    for key, row in TABLE_ROWS.items():
+        if row.rule == "dtp" and key.startswith(("iclr2018", "neurips2018")):
+            expected = "denoising" if key.startswith("iclr2018") else "noise_preserving"
+            assert load_config(CONFIGS / key).algorithm.inverse_loss == expected, key
+
+
+def test_published_hyperparameters_reach_their_rows():
+    # NeurIPS Table 5, MNIST FC and CIFAR LC (forward lr, σ, α on the batch-mean scale)
+    cfg = load_config(CONFIGS / "neurips2018/mnist/fc_dtp_parallel.yaml")
+    assert (cfg.optim.forward.lr, cfg.algorithm.sigma) == (7.57e-4, 0.361)
+    assert cfg.algorithm.alpha * cfg.data.batch_size_per_rank == pytest.approx(0.150, rel=1e-3)
+    cfg = load_config(CONFIGS / "neurips2018/cifar10_aug/lc_sdtp_alternating.yaml")
+    assert (cfg.optim.forward.lr, cfg.algorithm.sigma, cfg.data.augment) == (1.09e-4, 0.024, "padcrop")
+    assert load_config(CONFIGS / "iclr2018/cifar10/lc_bp.yaml").data.augment == "none"
+    assert load_config(CONFIGS / "iclr2018/imagenet/lc_bp.yaml").train.epochs == 18
+
+
+def test_paper_numbers_are_percentages_of_the_right_rows():
+    for table in TABLES.values():
+        keys = [row.key for row in table.rows]
+        assert len(keys) == len(set(keys)), table.name
+        for row in table.rows:
+            if row.paper is not None:
+                for value in (row.paper.train, row.paper.test, row.paper.test_top5):
+                    assert value is None or 0.0 <= value <= 100.0
+    mnist = TABLES["mnist"]
+    assert mnist.row("iclr2018/mnist/lc_sdtp_alternating").paper.test == 1.63
+    assert mnist.row("neurips2018/mnist/conv_bp").paper.test == 1.01
+    assert TABLES["imagenet"].row("neurips2018/imagenet/lc_fa").paper.test_top5 == 82.54
