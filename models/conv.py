@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.init import glorot_uniform_
+from models.init import GlorotInit
 from models.locally_connected import _pair, resolve_padding
 
 
@@ -63,7 +63,7 @@ class _ConvFeedback(torch.autograd.Function):
         return gx, gw, gb, None, None
 
 
-class Conv2dSame(_ConvGeometry):
+class Conv2dSame(GlorotInit, _ConvGeometry):
     """Convolution with the LC layer's constructor and padding semantics (weights shared)."""
 
     def __init__(self, in_channels, out_channels, input_size, kernel_size, stride=1, padding="valid", bias=True,
@@ -74,10 +74,6 @@ class Conv2dSame(_ConvGeometry):
         self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
 
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        glorot_uniform_(self.weight, self.fan_in, self.fan_out, generator)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor, feedback_weight: torch.Tensor | None = None) -> torch.Tensor:
         if feedback_weight is not None:
@@ -85,8 +81,10 @@ class Conv2dSame(_ConvGeometry):
         return F.conv2d(self._pad(x), self.weight, self.bias, stride=self.stride)
 
 
-class ConvTranspose2dSame(_ConvGeometry):
+class ConvTranspose2dSame(GlorotInit, _ConvGeometry):
     """Transpose of `Conv2dSame` (output space → input space), bias shared per input channel."""
+
+    transposed = True  # maps the output space back to the input space: fans swap
 
     def __init__(self, in_channels, out_channels, input_size, kernel_size, stride=1, padding="valid", bias=True,
                  device=None, dtype=None):
@@ -95,11 +93,6 @@ class ConvTranspose2dSame(_ConvGeometry):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(in_channels, 1, 1, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
-
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        glorot_uniform_(self.weight, self.fan_out, self.fan_in, generator)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         x = self._adjoint(y, self.weight)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.init import glorot_uniform_
+from models.init import GlorotInit
 
 
 class _LinearFeedback(torch.autograd.Function):
@@ -29,7 +29,7 @@ class _LinearFeedback(torch.autograd.Function):
         return gx, gw, gb, None
 
 
-class Dense(nn.Module):
+class Dense(GlorotInit, nn.Module):
     """`nn.Linear` with Glorot init and `forward(x, feedback_weight=None)`."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
@@ -40,10 +40,6 @@ class Dense(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
 
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        glorot_uniform_(self.weight, self.fan_in, self.fan_out, generator)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor, feedback_weight: torch.Tensor | None = None) -> torch.Tensor:
         if feedback_weight is not None:

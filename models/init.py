@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 
 def glorot_uniform_(tensor: torch.Tensor, fan_in: int, fan_out: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -15,3 +16,17 @@ def glorot_uniform_(tensor: torch.Tensor, fan_in: int, fan_out: int, generator: 
     bound = math.sqrt(6.0 / (fan_in + fan_out))
     with torch.no_grad():
         return tensor.uniform_(-bound, bound, generator=generator)
+
+
+class GlorotInit:
+    """`reset_parameters` for every weight layer here: Glorot-uniform weight (fans from the
+    layer's `fan_in` / `fan_out`), zero bias. A transpose layer maps the output space back
+    to the input space, so its fans swap (`transposed = True`)."""
+
+    transposed = False
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        fan_in, fan_out = (self.fan_out, self.fan_in) if self.transposed else (self.fan_in, self.fan_out)
+        glorot_uniform_(self.weight, fan_in, fan_out, generator)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)

@@ -31,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from models.init import glorot_uniform_
+from models.init import GlorotInit
 from models.lc_ops import Geometry, LCLinear, LCTransposeLinear, to_hwcn
 
 
@@ -100,7 +100,7 @@ class _LCGeometry(nn.Module):
                 f"output_size={self.output_size}")
 
 
-class LocallyConnected2d(_LCGeometry):
+class LocallyConnected2d(GlorotInit, _LCGeometry):
     """Untied-weight convolution (N, C, H, W) -> (N, O, Ho, Wo).
 
     Args: in_channels, out_channels, input_size (H, W), kernel_size, stride,
@@ -120,10 +120,6 @@ class LocallyConnected2d(_LCGeometry):
         self.bias = nn.Parameter(torch.zeros(self.out_channels, *self.output_size, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
 
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        glorot_uniform_(self.weight, self.fan_in, self.fan_out, generator)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor, feedback_weight: torch.Tensor | None = None) -> torch.Tensor:
         """With `feedback_weight` (weight-shaped) the input gradient uses it instead of `weight`."""
@@ -164,12 +160,14 @@ class LocallyConnected2d(_LCGeometry):
         return t
 
 
-class LocallyConnectedTranspose2d(_LCGeometry):
+class LocallyConnectedTranspose2d(GlorotInit, _LCGeometry):
     """The transpose of an LC layer with the same geometry: maps the forward layer's output
     space (N, O, Ho, Wo) back to its input space (N, C, H, W). Its weight has the forward
     layer's weight shape and layout (it is the linear part of a target-propagation inverse g);
     its bias is untied over the input space. It is the explicit form of the paper's
     autograd-of-a-dummy-forward trick: one bmm with Wᵀ, then a fold."""
+
+    transposed = True  # maps the output space back to the input space: fans swap
 
     def __init__(self, in_channels, out_channels, input_size, kernel_size, stride=1, padding="valid", bias=True,
                  device=None, dtype=None):
@@ -178,12 +176,6 @@ class LocallyConnectedTranspose2d(_LCGeometry):
         self.weight = nn.Parameter(torch.empty(self.weight_shape(), device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(self.in_channels, *self.input_size, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
-
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        # The transpose maps O·k·k-sized neighbourhoods to C-channel pixels: fans swap.
-        glorot_uniform_(self.weight, self.fan_out, self.fan_in, generator)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         self._check(y, self.out_channels, self.output_size)
