@@ -25,6 +25,16 @@ from models.init import glorot_uniform_
 PHASES = ("both", "forward", "inverse")
 
 
+def gaussian_like(h: torch.Tensor, sigma: float) -> torch.Tensor:
+    """N(0, σ²) noise shaped like h and laid out like h in memory (LC activations are NCHW
+    views of (H, W, C, N) memory). Drawn contiguously then permuted: `randn_like` on such a
+    view takes normal_'s slow strided path (~10× slower, measured), and a mismatched layout
+    would make `h + ε` and the next layer's input conversion strided too."""
+    order = sorted(range(h.dim()), key=lambda d: h.stride(d), reverse=True)
+    draw = torch.randn([h.shape[d] for d in order], dtype=h.dtype, device=h.device).mul_(sigma)
+    return draw.permute([order.index(d) for d in range(h.dim())])
+
+
 class Rule:
     name = ""
     target_propagation = False
@@ -168,10 +178,7 @@ class TargetPropagation(Rule):
         losses = {}
         for l in self.inverse_layers(net.depth):
             block, h_prev = net.blocks[l - 1], hs[l - 1].detach()
-            if noise is not None and l in noise:
-                eps = noise[l]
-            else:  # randn (contiguous), not randn_like: on a strided view normal_ is ~10× slower (measured)
-                eps = torch.randn(h_prev.shape, dtype=h_prev.dtype, device=h_prev.device).mul_(self.sigma)
+            eps = noise[l] if noise is not None and l in noise else gaussian_like(h_prev, self.sigma)
             h_noisy = h_prev + eps
             is_top = l == net.depth
             if is_top:
