@@ -32,7 +32,8 @@ def _child(fn, rank: int, world: int, port: int, out: str, args: tuple, threads:
         torch.set_num_threads(threads)
         env = DistEnv(rank=rank, local_rank=rank, world_size=world, local_world_size=world,
                       master_addr="127.0.0.1", master_port=port, launcher="torchrun")
-        init_distributed(env, backend="gloo", timeout_s=300)
+        # require_group: DeepSpeed needs a group (and the env:// variables) even on one rank.
+        init_distributed(env, backend="gloo", timeout_s=300, require_group=True)
         result = fn(*args)
         torch.save(result, Path(out) / f"rank{rank}.pt")
     except BaseException:

@@ -1,0 +1,180 @@
+"""`bioscale bench scale`: throughput of 1, 2 and 4 local CPU ranks, data-parallel and
+layer-pipelined, at the same global batch (images/s and scaling efficiency = speedup / N);
+with --zero3, per-rank parameter + optimiser memory of the full-width LC net under ZeRO-3
+at N = 1, 2, 4.
+
+Every configuration runs the same code (`distributed.pipeline.Pipeline`): data parallel
+is S = 1 stage × D replicas, the pipeline S stages × 1, the baseline 1 × 1 with the whole
+batch. Ranks are real gloo processes with one thread each; wall-clock time between two
+barriers on rank 0, after warm-up steps. On a machine with fewer cores than ranks the
+efficiency says so — it is measured, not modelled."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+from algorithms import AdamConfig, OptimConfig, RuleConfig, build_learner
+from distributed.pipeline import Pipeline
+from distributed.pipeline_launch import run_ranks
+from distributed.pipeline_schedule import PipelineConfig
+from distributed.process_group import barrier, get_rank
+
+OPTIM = OptimConfig(forward=AdamConfig(lr=1e-4), inverse=AdamConfig(lr=1e-4))
+# name → (stages, data_parallel); ranks = S·D
+CONFIGS = {"1rank": (1, 1), "dp2": (1, 2), "dp4": (1, 4), "pipeline2": (2, 1), "pipeline4": (4, 1),
+           "pipeline2_dp2": (2, 2)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", default="iclr_mnist_lc", help="architecture from the registry")
+    parser.add_argument("--rule", default="sdtp")
+    parser.add_argument("--batch", type=int, default=128, help="global batch (split over replicas)")
+    parser.add_argument("--micro-batches", type=int, default=4, help="pipeline micro-batches per replica")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10, quick 3)")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {','.join(CONFIGS)}")
+    parser.add_argument("--mode", default="sync", choices=("sync", "decoupled"))
+    parser.add_argument("--zero3", action="store_true", help="also measure ZeRO-3 memory of the full-width net")
+    parser.add_argument("--zero3-ranks", default="1,2,4")
+    parser.add_argument("--quick", action="store_true", help="few steps (smoke test)")
+
+
+def throughput_worker(arch: str, rule: str, batch: int, cfg: PipelineConfig, warmup: int, steps: int) -> dict:
+    """Runs on every rank: warm up, then time `steps` global batches between barriers."""
+    learner = build_learner(arch, RuleConfig(rule=rule), seed=0)
+    pipe = Pipeline(learner, OPTIM, cfg)
+    g = torch.Generator().manual_seed(0)
+    shape = learner.net.input_shape
+    batches = [(torch.randn(batch, *shape, generator=g), torch.randint(0, learner.net.num_classes, (batch,), generator=g))
+               for _ in range(warmup + steps)]
+    pipe.train(batches[:warmup])
+    barrier()
+    t0 = time.perf_counter()
+    out = pipe.train(batches[warmup:])
+    barrier()
+    seconds = time.perf_counter() - t0
+    return {"images_per_sec": batch * steps / seconds, "stage": pipe.staleness_summary(), "layers": pipe.layers,
+            "loss": out["loss"][-1]}
+
+
+def run_throughput(args: argparse.Namespace) -> dict:
+    steps = args.steps or (3 if args.quick else 10)
+    results = {}
+    for name in args.configs.split(","):
+        stages, dp = CONFIGS[name]
+        cfg = PipelineConfig(stages=stages, data_parallel=dp, micro_batches=args.micro_batches if stages > 1 else 1,
+                             mode=args.mode)
+        ranks = run_ranks(throughput_worker, stages * dp, args.arch, args.rule, args.batch, cfg,
+                          1 if args.quick else 2, steps)
+        results[name] = {"ranks": stages * dp, "images_per_sec": ranks[0]["images_per_sec"],
+                         "stages": [r["stage"] | {"layers": r["layers"]} for r in ranks[::dp]]}
+    base = results.get("1rank", {}).get("images_per_sec")
+    if base:
+        for r in results.values():
+            r["speedup"] = r["images_per_sec"] / base
+            r["efficiency"] = r["speedup"] / r["ranks"]
+    return results
+
+
+# ---- ZeRO-3 memory -----------------------------------------------------------------------------
+def _stage3_tuning(micro_batch: int) -> dict:
+    """DeepSpeed config: the project's (distributed.deepspeed_engine) plus small buckets and
+    no persistent parameters, so what a rank holds is its shard (notes/deepspeed-cpu.md:
+    default buckets add a 5e8-element reduce bucket per rank)."""
+    from distributed.deepspeed_engine import deepspeed_config
+
+    cfg = deepspeed_config(3, micro_batch, "fp32")
+    cfg["zero_optimization"].update(stage3_param_persistence_threshold=0, reduce_bucket_size=5_000_000,
+                                    stage3_prefetch_bucket_size=5_000_000, stage3_max_live_parameters=50_000_000,
+                                    stage3_max_reuse_distance=0)
+    return cfg
+
+
+def zero3_worker(arch: str, input_shape: tuple, rule: str, micro_batch: int, steps: int) -> dict:
+    """Per-rank bytes of parameter shards, fp32 master shards and Adam state under ZeRO-3,
+    after `steps` training steps (the optimiser state exists only after the first)."""
+    import deepspeed
+
+    import models.fullwidth  # noqa: F401  (registers the full-width names)
+
+    config = _stage3_tuning(micro_batch)
+    # zero.Init shards each module's weights as soon as it is built: no rank ever holds the
+    # whole net (the way a 10⁹-parameter full-width net must be built on GPU nodes).
+    with deepspeed.zero.Init(config_dict_or_path=config):
+        learner = build_learner(arch, RuleConfig(rule=rule), seed=0, input_shape=input_shape)
+    groups = [{"params": learner.forward_parameters(), "lr": 1e-4},
+              {"params": learner.inverse_parameters(), "lr": 1e-4}]
+    engine, optimizer, _, _ = deepspeed.initialize(model=learner, optimizer=torch.optim.Adam(groups),
+                                                   config=config)
+    g = torch.Generator().manual_seed(get_rank())
+    losses = []
+    for _ in range(steps):
+        x = torch.randn(micro_batch, *input_shape, generator=g)
+        y = torch.randint(0, learner.net.num_classes, (micro_batch,), generator=g)
+        out = engine(x, y)
+        engine.backward(out.loss)
+        engine.step()
+        losses.append(float(out.task_loss))
+
+    def nbytes(tensors):
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    params = nbytes(p.ds_tensor for p in engine.module.parameters())
+    master = nbytes(optimizer.fp32_partitioned_groups_flat)
+    adam = nbytes(v for s in optimizer.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim())
+    with open("/proc/self/status") as f:
+        rss = {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f) if k in ("VmRSS", "VmHWM")}
+    total = sum(p.ds_numel for p in engine.module.parameters())
+    return {"params": params, "fp32_master": master, "adam_state": adam, "state_total": params + master + adam,
+            "rss": rss["VmRSS"], "peak_rss": rss["VmHWM"], "model_params": total, "losses": losses,
+            "world": dist.get_world_size()}
+
+
+def run_zero3(args: argparse.Namespace) -> dict:
+    arch, shape = "imagenet_lc_fullwidth_neurips", (3, 32, 32)
+    out = {}
+    for n in (int(v) for v in args.zero3_ranks.split(",")):
+        ranks = run_ranks(zero3_worker, n, arch, shape, args.rule, 2, 2 if args.quick else 3, timeout_s=900)
+        out[n] = {k: max(r[k] for r in ranks) for k in ("params", "fp32_master", "adam_state", "state_total",
+                                                         "rss", "peak_rss")}
+        out[n]["model_params"] = ranks[0]["model_params"]
+        out[n]["losses_rank0"] = ranks[0]["losses"]
+    return {"arch": arch, "input_shape": list(shape), "per_rank_bytes": out}
+
+
+def run(args: argparse.Namespace) -> dict:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    thr = run_throughput(args)
+    cores = os.cpu_count()
+    print(f"{args.arch}, rule {args.rule}, global batch {args.batch}, mode {args.mode}, 1 thread per rank, "
+          f"{cores} CPU cores:")
+    for name, r in thr.items():
+        line = f"  {name:15s} {r['ranks']} ranks {r['images_per_sec']:8.0f} images/s"
+        if "speedup" in r:
+            line += f"  speedup {r['speedup']:.2f}×  efficiency {100 * r['efficiency']:.0f}%"
+        print(line)
+        if len(r["stages"]) > 1:
+            print("      " + "  ".join(f"stage {s['stage']} (layers {s['layers']}): compute {s['compute_s']:.2f} s "
+                                      f"wait {s['wait_s']:.2f} s" for s in r["stages"]))
+    result = {"arch": args.arch, "rule": args.rule, "batch": args.batch, "mode": args.mode, "cpu_cores": cores,
+              "configs": thr}
+    for key, name in (("dp2_speedup", "dp2"), ("dp4_speedup", "dp4"), ("pipeline2_speedup", "pipeline2"),
+                      ("pipeline4_speedup", "pipeline4")):
+        if name in thr and "speedup" in thr[name]:
+            result[key] = round(thr[name]["speedup"], 3)
+    if args.zero3:
+        z = run_zero3(args)
+        print(f"ZeRO-3, {z['arch']} at {z['input_shape']} ({z['per_rank_bytes'][min(z['per_rank_bytes'])]['model_params']:,} "
+              f"params), per-rank bytes (max over ranks):")
+        base = None
+        for n, m in z["per_rank_bytes"].items():
+            base = base or m["state_total"] * n
+            print(f"  N={n}: params {m['params'] / 2**20:7.1f} MiB  fp32 master {m['fp32_master'] / 2**20:7.1f} MiB  "
+                  f"Adam {m['adam_state'] / 2**20:7.1f} MiB  total {m['state_total'] / 2**20:7.1f} MiB "
+                  f"({m['state_total'] * n / base:.2f}× 1/N)  peak RSS {m['peak_rss'] / 2**20:7.0f} MiB")
+        result["zero3"] = z
+    return result
