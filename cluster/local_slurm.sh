@@ -16,7 +16,8 @@
 # keep increasing, so ids recorded by earlier sweeps never name a new job.
 #
 # Settings that make tests fast (measured, see docs/cluster.md):
-# cred_expire=10 and sched_interval=2 bring a requeue from ~170 s to ~15 s;
+# cred_expire=5 and sched_interval=2 bring a requeue from ~170 s to ~8 s
+# (a requeued job waits cred_expire + 1 s before it may start again);
 # KillWait=5 because submitit ignores SIGTERM and waits for SIGKILL.
 set -euo pipefail
 
@@ -93,8 +94,9 @@ write_if_changed() {  # write_if_changed PATH MODE OWNER < content
     cat >"$tmp"
     chmod "$2" "$tmp"
     chown "$3" "$tmp"
-    if [ -f "$1" ] && cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv -f "$tmp" "$1"; fi
+    if [ -f "$1" ] && cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv -f "$tmp" "$1"; CHANGED=1; fi
 }
+CHANGED=0
 
 check_ours() {  # never overwrite a real cluster's configuration
     local f
@@ -119,7 +121,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=cred_expire=10,socket=$DIR/munge/munge.socket.2
+AuthInfo=cred_expire=5,socket=$DIR/munge/munge.socket.2
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool
 SlurmctldPidFile=$(pidfile slurmctld)
@@ -243,6 +245,12 @@ up() {
     install_packages
     check_ours
     write_configs
+    if [ $CHANGED = 1 ] && [ -n "$(running_pid slurmctld)$(running_pid slurmdbd)" ]; then
+        # some settings (AuthInfo) are read only at start: restart, not reconfigure
+        say "configuration changed: restarting the SLURM daemons"
+        stop_group slurmd slurmctld
+        stop_group slurmdbd
+    fi
     start_munged
     start_mariadb
     start_slurmdbd
