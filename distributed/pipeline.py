@@ -25,6 +25,7 @@ divides the loss).
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from algorithms.learner import Learner
 from algorithms.optim import Updater
 from distributed.pipeline_schedule import PipelineConfig, one_f_one_b, partition, placement, ranges_from_balance
 from distributed.process_group import get_rank, get_world_size, is_initialized
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -269,8 +272,12 @@ class Pipeline:
         self._flush_sends()
         if is_initialized():
             dist.all_reduce(stats)  # only last-stage ranks contributed: every rank gets the curve
+        summary = self.staleness_summary()
+        log.info("pipeline stage %d (layers %s, %s): staleness mean %.2f max %d over %d micro-batches, "
+                 "compute %.2f s, waiting %.2f s", self.stage, self.layers, cfg.mode, summary["mean"], summary["max"],
+                 summary["micro_batches"], summary["compute_s"], summary["wait_s"])
         return {"loss": stats[:, 0].tolist(), "correct": stats[:, 1].tolist(), "samples": stats[:, 2].tolist(),
-                "staleness": self.staleness_summary()}
+                "staleness": summary}
 
     def staleness_summary(self) -> dict:
         s = self.stats.staleness

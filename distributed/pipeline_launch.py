@@ -9,7 +9,6 @@ inherits an initialised OpenMP pool from the parent (GNU OpenMP is not fork-safe
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import socket
 import tempfile
 import traceback
@@ -65,7 +64,3 @@ def run_ranks(fn, world_size: int, *args, threads: int = 1, timeout_s: float = 6
                                f"(exit codes {[p.exitcode for p in procs]}); see their stderr above")
         return [torch.load(Path(out) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
 
-
-def env_threads() -> int:
-    """Threads per rank: OMP_NUM_THREADS when set, else 1 (ranks share the cores)."""
-    return int(os.environ.get("OMP_NUM_THREADS", "1"))

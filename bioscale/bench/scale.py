@@ -40,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default="sync", choices=("sync", "decoupled"))
     parser.add_argument("--zero3", action="store_true", help="also measure ZeRO-3 memory of the full-width net")
     parser.add_argument("--zero3-ranks", default="1,2,4")
+    parser.add_argument("--accuracy", metavar="DATA", default=None,
+                        help="prepared shards (train/, test/): train sync and decoupled pipelines on the same "
+                             "image budget and report test error (skips the throughput runs)")
+    parser.add_argument("--budget", type=int, default=10000, help="--accuracy: training images per epoch")
+    parser.add_argument("--epochs", type=int, default=2, help="--accuracy: passes over the budget")
+    parser.add_argument("--lr", type=float, default=5e-4, help="--accuracy: Adam lr (forward and inverse)")
+    parser.add_argument("--stages", type=int, default=2, help="--accuracy: pipeline stages")
     parser.add_argument("--quick", action="store_true", help="few steps (smoke test)")
 
 
@@ -49,7 +56,8 @@ def throughput_worker(arch: str, rule: str, batch: int, cfg: PipelineConfig, war
     pipe = Pipeline(learner, OPTIM, cfg)
     g = torch.Generator().manual_seed(0)
     shape = learner.net.input_shape
-    batches = [(torch.randn(batch, *shape, generator=g), torch.randint(0, learner.net.num_classes, (batch,), generator=g))
+    classes = learner.net.num_classes
+    batches = [(torch.randn(batch, *shape, generator=g), torch.randint(0, classes, (batch,), generator=g))
                for _ in range(warmup + steps)]
     pipe.train(batches[:warmup])
     barrier()
@@ -78,6 +86,60 @@ def run_throughput(args: argparse.Namespace) -> dict:
             r["speedup"] = r["images_per_sec"] / base
             r["efficiency"] = r["speedup"] / r["ranks"]
     return results
+
+
+# ---- decoupled vs synchronous accuracy ---------------------------------------------------------
+def accuracy_worker(data: str, arch: str, rule: str, cfg: PipelineConfig, batch: int, budget: int, epochs: int,
+                    lr: float) -> dict:
+    """Every rank reads the same global batches (the pipeline slices them); returns this
+    stage's weights, the loss curve and the staleness."""
+    from data_pipeline import build_reader
+
+    reader = build_reader(f"{data}/train", kind="wds", train=True, batch_size=batch, num_workers=0, seed=0)
+    learner = build_learner(arch, RuleConfig(rule=rule), seed=0, input_shape=reader.image_shape)
+    pipe = Pipeline(learner, OptimConfig(forward=AdamConfig(lr=lr), inverse=AdamConfig(lr=lr)), cfg)
+    losses, t0 = [], time.perf_counter()
+    for epoch in range(epochs):
+        reader.set_epoch(epoch)
+        batches = []
+        for x, y in reader:
+            batches.append((x, y))
+            if len(batches) * batch >= budget:
+                break
+        out = pipe.train(batches)
+        losses.append(sum(out["loss"]) / sum(out["samples"]))
+    return {"state": pipe.stage_state(), "train_loss": losses, "staleness": pipe.staleness_summary(),
+            "seconds": time.perf_counter() - t0, "image_shape": reader.image_shape}
+
+
+def run_accuracy(args: argparse.Namespace) -> dict:
+    from data_pipeline import build_reader
+
+    out, m = {}, args.micro_batches
+    # The control: synchronous steps on micro-batch-sized batches take as many optimiser
+    # steps per image as the decoupled run, without staleness — it separates the two effects.
+    runs = {"sync": ("sync", args.batch, m), "sync_microbatch": ("sync", args.batch // m, 1),
+            "decoupled": ("decoupled", args.batch, m)}
+    for name, (mode, batch, micro) in runs.items():
+        cfg = PipelineConfig(stages=args.stages, micro_batches=micro, mode=mode)
+        ranks = run_ranks(accuracy_worker, args.stages, args.accuracy, args.arch, args.rule, cfg, batch,
+                          args.budget, args.epochs, args.lr)
+        learner = build_learner(args.arch, RuleConfig(rule=args.rule), seed=0, input_shape=ranks[0]["image_shape"])
+        learner.load_state_dict({k: v for r in ranks for k, v in r["state"].items()})
+        learner.eval()
+        wrong = total = 0
+        with torch.no_grad():
+            for x, y in build_reader(f"{args.accuracy}/test", kind="wds", train=False, batch_size=500, num_workers=0):
+                wrong += int((learner.net(x).argmax(1) != y).sum())
+                total += y.shape[0]
+        out[name] = {"test_top1_err": wrong / total, "train_loss_per_epoch": ranks[-1]["train_loss"],
+                     "staleness": [r["staleness"] for r in ranks], "seconds": ranks[0]["seconds"]}
+        print(f"{name:15s} {args.arch} {args.rule}, batch {batch}, {args.stages} stages × {micro} micro-batches, "
+              f"{args.epochs} × {args.budget} images: test top-1 error {100 * wrong / total:.2f}%, "
+              f"train loss/image {[round(v, 3) for v in ranks[-1]['train_loss']]}, staleness (mean/max per stage) "
+              f"{[(round(r['staleness']['mean'], 2), r['staleness']['max']) for r in ranks]}")
+    return {"arch": args.arch, "rule": args.rule, "batch": args.batch, "micro_batches": args.micro_batches,
+            "stages": args.stages, "budget": args.budget, "epochs": args.epochs, "lr": args.lr, "accuracy": out}
 
 
 # ---- ZeRO-3 memory -----------------------------------------------------------------------------
@@ -148,6 +210,8 @@ def run_zero3(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.accuracy:
+        return run_accuracy(args)
     thr = run_throughput(args)
     cores = os.cpu_count()
     print(f"{args.arch}, rule {args.rule}, global batch {args.batch}, mode {args.mode}, 1 thread per rank, "
@@ -168,8 +232,8 @@ def run(args: argparse.Namespace) -> dict:
             result[key] = round(thr[name]["speedup"], 3)
     if args.zero3:
         z = run_zero3(args)
-        print(f"ZeRO-3, {z['arch']} at {z['input_shape']} ({z['per_rank_bytes'][min(z['per_rank_bytes'])]['model_params']:,} "
-              f"params), per-rank bytes (max over ranks):")
+        params = next(iter(z["per_rank_bytes"].values()))["model_params"]
+        print(f"ZeRO-3, {z['arch']} at {z['input_shape']} ({params:,} params), per-rank bytes (max over ranks):")
         base = None
         for n, m in z["per_rank_bytes"].items():
             base = base or m["state_total"] * n

@@ -28,7 +28,8 @@ def test_zero3_state_per_rank_falls_as_one_over_n():
     args = argparse.Namespace(rule="sdtp", zero3_ranks="1,2,4", quick=True)
     z = scale.run_zero3(args)["per_rank_bytes"]
     for n, m in z.items():
-        print(f"N={n}: params+master+Adam {m['state_total'] / 2**20:.1f} MiB per rank, peak RSS {m['peak_rss'] / 2**20:.0f} MiB")
+        print(f"N={n}: params+master+Adam {m['state_total'] / 2**20:.1f} MiB per rank, "
+              f"peak RSS {m['peak_rss'] / 2**20:.0f} MiB")
     one = z[1]["state_total"]
     for n in (2, 4):
         assert z[n]["state_total"] == pytest.approx(one / n, rel=0.02)

@@ -23,9 +23,11 @@ def test_registered_with_all_cnn_widths():
 
 def test_parameter_counts_printed():
     for name in FULLWIDTH:
-        full, paper = parameter_counts(name), parameter_counts(name.replace("imagenet_lc_fullwidth_", "") + "_imagenet_lc")
-        print(f"{name}: {full['forward_weights']:,} forward weights ({full['forward_weights'] / paper['forward_weights']:.1f}× "
-              f"the paper's net), {full['inverse_params']:,} inverse params")
+        paper_name = name.replace("imagenet_lc_fullwidth_", "") + "_imagenet_lc"
+        full, paper = parameter_counts(name), parameter_counts(paper_name)
+        ratio = full["forward_weights"] / paper["forward_weights"]
+        print(f"{name}: {full['forward_weights']:,} forward weights ({ratio:.1f}× {paper_name}), "
+              f"{full['inverse_params']:,} inverse params")
         assert full["forward_weights"] > 4 * paper["forward_weights"]
     assert parameter_counts("imagenet_lc_fullwidth_iclr")["forward_weights"] == 799_000_576
 
