@@ -51,6 +51,7 @@ class _InFlight:
     h_in: torch.Tensor | None
     h_out: torch.Tensor | None
     loss: torch.Tensor | None
+    logits: torch.Tensor | None  # last stage only (detached): the batch's loss and accuracy
     version: int  # optimizer steps this stage had taken at the forward (staleness = steps since)
 
 
@@ -154,7 +155,7 @@ class Pipeline:
         t0 = time.perf_counter()
         h_in, trace, hs = h, FeedbackTrace(1.0), {self.layers[0] - 1: h}
         feedback, blocks = self.learner.feedback, self.learner.net.blocks
-        loss = None
+        loss = logits = None
         with torch.set_grad_enabled(signal):
             # Same graph as Learner._propagate, for this stage's blocks only.
             for l in self.layers:
@@ -162,7 +163,7 @@ class Pipeline:
                     logits = self.rule.top(l, blocks[l - 1], h, y, trace, feedback)
                     if phase != "inverse":
                         loss = F.cross_entropy(logits, y, reduction="sum")
-                    self._logits = logits.detach()
+                    logits = logits.detach()
                 else:
                     h = self.rule.hidden(l, blocks[l - 1], h, trace, feedback)
                     if h.requires_grad:
@@ -176,7 +177,8 @@ class Pipeline:
         h_out = None if self.last else h
         if h_out is not None:
             self._send(h_out.detach(), self.next_rank)
-        return _InFlight(h_in if signal and not self.first else None, h_out if signal else None, loss, self.version)
+        return _InFlight(h_in if signal and not self.first else None, h_out if signal else None, loss, logits,
+                         self.version)
 
     def _backward(self, rec: _InFlight) -> None:
         tensors, grads = [], []
@@ -256,11 +258,11 @@ class Pipeline:
                 j += j0
                 if op == "F":
                     x, y, noise = next(source)
-                    inflight[j] = self._forward(x, y, noise, phase)
-                    if self.last:
+                    rec = inflight[j] = self._forward(x, y, noise, phase)
+                    if rec.logits is not None:
                         b = j // cfg.micro_batches
-                        stats[b, 0] += float(F.cross_entropy(self._logits, y, reduction="sum"))
-                        stats[b, 1] += float((self._logits.argmax(1) == y).sum())
+                        stats[b, 0] += float(F.cross_entropy(rec.logits, y, reduction="sum"))
+                        stats[b, 1] += float((rec.logits.argmax(1) == y).sum())
                         stats[b, 2] += y.shape[0]
                 else:
                     self._backward(inflight.pop(j))

@@ -61,12 +61,13 @@ def throughput_worker(arch: str, rule: str, batch: int, cfg: PipelineConfig, war
                for _ in range(warmup + steps)]
     pipe.train(batches[:warmup])
     barrier()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = pipe.train(batches[warmup:])
+    cpu = time.process_time() - c0  # this rank's CPU time: what the work costs, whatever the machine's load
     barrier()
     seconds = time.perf_counter() - t0
-    return {"images_per_sec": batch * steps / seconds, "stage": pipe.staleness_summary(), "layers": pipe.layers,
-            "loss": out["loss"][-1]}
+    return {"images_per_sec": batch * steps / seconds, "cpu_s": cpu, "images": batch * steps,
+            "stage": pipe.staleness_summary(), "layers": pipe.layers, "loss": out["loss"][-1]}
 
 
 def run_throughput(args: argparse.Namespace) -> dict:
@@ -78,13 +79,17 @@ def run_throughput(args: argparse.Namespace) -> dict:
                              mode=args.mode)
         ranks = run_ranks(throughput_worker, stages * dp, args.arch, args.rule, args.batch, cfg,
                           1 if args.quick else 2, steps)
-        results[name] = {"ranks": stages * dp, "images_per_sec": ranks[0]["images_per_sec"],
+        cpu_ms = 1e3 * sum(r["cpu_s"] for r in ranks) / ranks[0]["images"]
+        results[name] = {"ranks": stages * dp, "images_per_sec": ranks[0]["images_per_sec"], "cpu_ms_per_image": cpu_ms,
                          "stages": [r["stage"] | {"layers": r["layers"]} for r in ranks[::dp]]}
-    base = results.get("1rank", {}).get("images_per_sec")
+    base = results.get("1rank")
     if base:
         for r in results.values():
-            r["speedup"] = r["images_per_sec"] / base
+            r["speedup"] = r["images_per_sec"] / base["images_per_sec"]
             r["efficiency"] = r["speedup"] / r["ranks"]
+            # CPU efficiency: 1-rank CPU per image / this config's total. Independent of other jobs'
+            # load; times the rank count it bounds the speedup on idle, dedicated cores.
+            r["cpu_efficiency"] = base["cpu_ms_per_image"] / r["cpu_ms_per_image"]
     return results
 
 
@@ -214,17 +219,20 @@ def run(args: argparse.Namespace) -> dict:
         return run_accuracy(args)
     thr = run_throughput(args)
     cores = os.cpu_count()
+    load = os.getloadavg()[0]
     print(f"{args.arch}, rule {args.rule}, global batch {args.batch}, mode {args.mode}, 1 thread per rank, "
-          f"{cores} CPU cores:")
+          f"{cores} CPU cores, load average {load:.1f} at the end:")
     for name, r in thr.items():
         line = f"  {name:15s} {r['ranks']} ranks {r['images_per_sec']:8.0f} images/s"
         if "speedup" in r:
-            line += f"  speedup {r['speedup']:.2f}×  efficiency {100 * r['efficiency']:.0f}%"
+            line += (f"  speedup {r['speedup']:.2f}×  efficiency {100 * r['efficiency']:.0f}%  "
+                     f"CPU {r['cpu_ms_per_image']:.2f} ms/image (CPU efficiency {100 * r['cpu_efficiency']:.0f}%)")
         print(line)
         if len(r["stages"]) > 1:
             print("      " + "  ".join(f"stage {s['stage']} (layers {s['layers']}): compute {s['compute_s']:.2f} s "
                                       f"wait {s['wait_s']:.2f} s" for s in r["stages"]))
     result = {"arch": args.arch, "rule": args.rule, "batch": args.batch, "mode": args.mode, "cpu_cores": cores,
+              "load_average": load,
               "configs": thr}
     for key, name in (("dp2_speedup", "dp2"), ("dp4_speedup", "dp4"), ("pipeline2_speedup", "pipeline2"),
                       ("pipeline4_speedup", "pipeline4")):
