@@ -37,12 +37,17 @@ def test_plan_is_contiguous_balanced_and_1f1b():
         PipelineConfig(mode="async")
 
 
-@pytest.mark.parametrize("stages", [2, 4])
-def test_sync_pipeline_equals_single_process_bp_and_sdtp(stages):
-    jobs = [dict(rule=rule, steps=STEPS, batch=BATCH, stages=stages, micro_batches=4) for rule in ("bp", "sdtp")]
+ALTERNATING = ["inverse", "forward", "inverse"]  # one phase per step, as epochs of the alternating schedule
+
+
+@pytest.mark.parametrize("stages, rules", [(2, ("bp", "fa", "dtp", "sdtp", "aosdtp", "sdtp-alternating")),
+                                           (4, ("bp", "sdtp"))])
+def test_sync_pipeline_equals_single_process(stages, rules):
+    jobs = [dict(rule=rule.split("-")[0], steps=STEPS, batch=BATCH, stages=stages, micro_batches=4,
+                 **({"phases": ALTERNATING} if rule.endswith("alternating") else {})) for rule in rules]
     results = run_ranks(pipeline_jobs, stages, jobs)
-    for i, rule in enumerate(("bp", "sdtp")):
-        ref, ref_losses = reference(rule, STEPS, BATCH)
+    for i, rule in enumerate(rules):
+        ref, ref_losses = reference(rule.split("-")[0], STEPS, BATCH, jobs[i].get("phases"))
         assert_same(merge(results, i), ref)
         # every rank knows the loss curve; it is the single process's
         assert results[0][i]["loss"] == pytest.approx(ref_losses, rel=1e-9)

@@ -14,7 +14,7 @@ OPTIM = OptimConfig(forward=AdamConfig(lr=1e-3), inverse=AdamConfig(lr=1e-3))
 
 
 def rule_config(rule: str) -> RuleConfig:
-    return RuleConfig(rule=rule, sigma=0.1) if rule != "bp" else RuleConfig(rule=rule)
+    return RuleConfig(rule=rule, sigma=0.1) if rule in ("dtp", "sdtp", "aosdtp") else RuleConfig(rule=rule)
 
 
 def make_learner(rule: str, dtype=torch.float64):
@@ -36,18 +36,22 @@ def make_batches(rule: str, steps: int, batch: int, dtype=torch.float64, seed: i
     return out
 
 
-def reference(rule: str, steps: int, batch: int) -> tuple[dict, list[float]]:
-    """One process, the whole global batch per step, plain loss.backward(); step()."""
+def reference(rule: str, steps: int, batch: int, phases: list[str] | None = None) -> tuple[dict, list[float]]:
+    """One process, the whole global batch per step, plain loss.backward(); step() of the
+    optimisers the phase trains (as algorithms.Updater, with the shared noise passed in)."""
     learner = make_learner(rule)
     updater = Updater(learner, OPTIM)
     losses = []
-    for x, y, *noise in make_batches(rule, steps, batch):
+    for i, (x, y, *noise) in enumerate(make_batches(rule, steps, batch)):
+        phase = phases[i] if phases else "both"
         for opt in updater.optimizers():
             opt.zero_grad(set_to_none=True)
-        out = learner(x, y, noise=noise[0] if noise else None)
+        out = learner(x, y, phase=phase, noise=noise[0] if noise else None)
         out.loss.backward()
-        for opt in updater.optimizers():
-            opt.step()
+        if phase != "inverse":
+            updater.forward.step()
+        if updater.inverse is not None and phase != "forward":
+            updater.inverse.step()
         losses.append(float(out.task_loss))
     return {k: v.detach().clone() for k, v in learner.state_dict().items()}, losses
 
@@ -59,8 +63,13 @@ def pipeline_jobs(jobs: list[dict]) -> list[dict]:
     for job in jobs:
         job = dict(job)
         rule, steps, batch = job.pop("rule"), job.pop("steps"), job.pop("batch")
-        dtype = job.pop("dtype", torch.float64)
+        dtype, phases = job.pop("dtype", torch.float64), job.pop("phases", None)
         pipe = Pipeline(make_learner(rule, dtype), OPTIM, PipelineConfig(**job))
-        out = pipe.train(make_batches(rule, steps, batch, dtype))
+        batches = make_batches(rule, steps, batch, dtype)
+        if phases:  # the alternating schedule: one phase per batch
+            outs = [pipe.train([b], phase=ph) for b, ph in zip(batches, phases)]
+            out = {"loss": [o["loss"][0] for o in outs], "staleness": outs[-1]["staleness"]}
+        else:
+            out = pipe.train(batches)
         results.append({"state": pipe.stage_state(), **out, "layers": pipe.layers})
     return results
