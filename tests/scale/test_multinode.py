@@ -42,3 +42,9 @@ def test_two_nodes_of_two_ranks_match_single_process(tmp_path):
         print(f"{rule}: loss curve 2x2 {[round(v, 4) for v in ranks[0]['jobs'][i]['loss']]}, "
               f"single process {[round(v, 4) for v in ref_losses]}")
         assert ranks[0]["jobs"][i]["loss"] == pytest.approx(ref_losses, rel=1e-9)
+    # decoupled with data parallelism: replicas all-reduce after every micro-batch and stay
+    # identical; stage 0 is one step stale, stage 1 never
+    dec = [r["jobs"][2] for r in ranks]
+    for a, b in ((dec[0], dec[1]), (dec[2], dec[3])):
+        assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+    assert [d["staleness"]["max"] for d in dec] == [1, 1, 0, 0]

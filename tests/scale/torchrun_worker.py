@@ -17,6 +17,7 @@ init_distributed(env, backend="gloo", timeout_s=120)
 torch.set_num_threads(1)
 jobs = [dict(rule=rule, steps=int(os.environ["STEPS"]), batch=int(os.environ["BATCH"]), stages=2,
              data_parallel=2, micro_batches=2) for rule in ("bp", "sdtp")]
+jobs.append(dict(jobs[1], mode="decoupled"))
 result = {"jobs": pipeline_jobs(jobs), "node_rank": env.node_rank, "local_rank": env.local_rank}
 torch.save(result, Path(os.environ["OUT_DIR"]) / f"rank{env.rank}.pt")
 exit_process(0)  # a plain exit after gloo work sometimes aborts
