@@ -10,6 +10,8 @@ Layout of a launched run: `<out>/<name>/` is the trainer's run directory
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import time
@@ -92,9 +94,11 @@ def submit(executor: submitit.AutoExecutor, jobs: Sequence[TrainingJob]) -> list
     """Submit one job, or several as one job array; SLURM's refusal becomes a
     SubmissionError quoting sbatch."""
     try:
-        if len(jobs) == 1:
-            return [executor.submit(jobs[0])]
-        return list(executor.submit_array(list(jobs)))
+        # submitit also prints sbatch's stderr on failure; the error carries it once
+        with contextlib.redirect_stderr(io.StringIO()):
+            if len(jobs) == 1:
+                return [executor.submit(jobs[0])]
+            return list(executor.submit_array(list(jobs)))
     except (submitit.core.utils.FailedJobError, OSError) as exc:
         raise SubmissionError(_sbatch_words(str(exc))) from None
 

@@ -28,7 +28,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--profile", help="cluster profile name (cluster/profiles/NAME.yaml) or YAML path; "
                                          "default $BIOSCALE_PROFILE or 'local'")
     for option, kind, key in CLUSTER_OPTIONS:
-        group.add_argument(option, type=kind, dest=key, metavar=key.upper().split("_")[-1])
+        group.add_argument(option, type=kind, dest=key, metavar="NAME" if kind is str else "N")
 
 
 def load_cluster_profile(args: argparse.Namespace):

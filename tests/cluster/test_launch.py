@@ -5,6 +5,7 @@ process with the same global batch (run with `--local`, no SLURM)."""
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import torch
@@ -32,6 +33,17 @@ def test_launch_trains_and_writes_result(slurm, shards, fast_config, tmp_path):
     assert sacct_runs(job) == [("COMPLETED", "0:0")]
     script = (run / "logs" / f"{job}_submission.sh").read_text()
     assert "--partition=debug" in script and "--requeue" in script and "--signal=USR2@30" in script
+
+
+def test_a_run_directory_being_trained_is_not_launched_twice(slurm, shards, fast_config, tmp_path):
+    args = ["launch", "--config", fast_config, "--data", shards, "--out", tmp_path, "--name", "busy"]
+    job = submitted_job_id(bioscale(*args, check=True).stdout)
+    try:
+        again = bioscale(*args)
+        assert again.returncode == 1 and f"already being trained by job {job}" in again.stderr, again.stderr
+        assert len((tmp_path / "busy" / "jobs.jsonl").read_text().splitlines()) == 1
+    finally:
+        subprocess.run(["scancel", job], check=True)
 
 
 def _final_weights(run):
