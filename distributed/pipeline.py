@@ -15,7 +15,7 @@ after each micro-batch backward; PipelineModule also refuses ZeRO 2/3
     backward stage s: autograd.backward([h_out, own losses], [signal from s+1, 1]);
              h_in.grad is exactly what the boundary Function of the stage's first block
              returns — c·δ_{a−1} for TP (c = 1), the true gradient for BP, B-feedback for
-             FA — and is sent to s−1.
+             FA/DFA — and is sent to s−1 (DFA also sends the output error e down).
 
 Micro-batches need no grad scale c: every loss is summed over samples, so accumulating
 the M micro-batch gradients gives the full batch's (not so for DeepSpeed's GAS, which
@@ -51,6 +51,7 @@ class _InFlight:
     h_in: torch.Tensor | None
     h_out: torch.Tensor | None
     loss: torch.Tensor | None
+    trace: FeedbackTrace
     logits: torch.Tensor | None  # last stage only (detached): the batch's loss and accuracy
     version: int  # optimizer steps this stage had taken at the forward (staleness = steps since)
 
@@ -86,12 +87,9 @@ class Pipeline:
             raise ValueError(f"pipeline {cfg.stages} stages × {cfg.data_parallel} replicas needs "
                              f"{cfg.stages * cfg.data_parallel} ranks, the process group has {world}")
         rule = learner.rule
-        if rule.name == "dfa":
-            raise ValueError("rule 'dfa' is not pipelined: its hidden signals read the output error "
-                             "from a trace shared by all blocks, which spans stages")
         if cfg.mode == "decoupled" and rule.name == "bp":
             raise ValueError("decoupled mode needs a rule whose boundary signal does not read the forward "
-                             "weights (TP rules, FA): backprop through weights stepped since the forward is "
+                             "weights (TP rules, FA, DFA): backprop through weights stepped since the forward is "
                              "refused by autograd's version check (it would need weight stashing)")
         self.cfg, self.learner, self.rule = cfg, learner, rule
         net = learner.net
@@ -103,7 +101,10 @@ class Pipeline:
                   else partition(costs, cfg.stages))
         self.ranges = ranges
         self.layers = [i + 1 for i in ranges[self.stage]]  # 1-based, as in the rules
-        self._drop_other_blocks(learner, set(self.layers))
+        # DFA: every hidden boundary reads the output error e from the trace the top boundary
+        # fills; below the last stage it is not there, so e travels down with the signal.
+        self.carries_error = rule.name == "dfa"
+        self._drop_other_blocks(learner, set(self.layers), shift=1 if self.carries_error else 0)
         # The rule computes inverse losses for every layer; this stage owns only some.
         # A shallow copy with a narrowed `inverse_layers` reuses the rule's own code.
         self.stage_rule = copy.copy(rule)
@@ -131,15 +132,16 @@ class Pipeline:
         self._pending: list = []
 
     @staticmethod
-    def _drop_other_blocks(learner: Learner, owned: set[int]) -> None:
-        """Free the blocks (and FA feedback matrices) other stages own; state_dict() then
-        holds exactly this stage's tensors under the single-process names."""
+    def _drop_other_blocks(learner: Learner, owned: set[int], shift: int) -> None:
+        """Free the blocks and feedback matrices other stages use; state_dict() then holds
+        exactly this stage's tensors under the single-process names. Block l reads
+        feedback_l (FA) or feedback_{l−1} (DFA: B for h_{l−1}), hence `shift`."""
         blocks = learner.net.blocks
         for l in range(1, len(blocks) + 1):
             if l not in owned:
                 blocks[l - 1] = nn.Identity()
         for name in list(learner.feedback):
-            if name.startswith("feedback_") and int(name.removeprefix("feedback_")) not in owned:
+            if name.startswith("feedback_") and int(name.removeprefix("feedback_")) + shift not in owned:
                 learner.register_buffer(name, None)
 
     # ---- one micro-batch -------------------------------------------------------------------
@@ -177,14 +179,18 @@ class Pipeline:
         h_out = None if self.last else h
         if h_out is not None:
             self._send(h_out.detach(), self.next_rank)
-        return _InFlight(h_in if signal and not self.first else None, h_out if signal else None, loss, logits,
-                         self.version)
+        return _InFlight(h_in if signal and not self.first else None, h_out if signal else None, loss, trace,
+                         logits, self.version)
 
     def _backward(self, rec: _InFlight) -> None:
         tensors, grads = [], []
         if rec.h_out is not None:
             g = torch.empty(rec.h_out.shape, dtype=rec.h_out.dtype, device=rec.h_out.device)
             self._recv(g, self.next_rank)
+            if self.carries_error:
+                e = torch.empty((g.shape[0], self.learner.net.num_classes), dtype=g.dtype, device=g.device)
+                self._recv(e, self.next_rank)
+                rec.trace.output_error = e
             tensors.append(rec.h_out)
             grads.append(g)
         if rec.loss is not None:
@@ -198,6 +204,8 @@ class Pipeline:
             if rec.h_in.grad is None:
                 raise RuntimeError(f"stage {self.stage}: no signal reached its input h_{self.layers[0] - 1}")
             self._send(rec.h_in.grad, self.prev_rank)
+            if self.carries_error:
+                self._send(rec.trace.output_error, self.prev_rank)
         self.stats.staleness.append(self.version - rec.version)
 
     # ---- communication -----------------------------------------------------------------------

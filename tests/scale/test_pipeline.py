@@ -40,8 +40,8 @@ def test_plan_is_contiguous_balanced_and_1f1b():
 ALTERNATING = ["inverse", "forward", "inverse"]  # one phase per step, as epochs of the alternating schedule
 
 
-@pytest.mark.parametrize("stages, rules", [(2, ("bp", "fa", "dtp", "sdtp", "aosdtp", "sdtp-alternating")),
-                                           (4, ("bp", "sdtp"))])
+@pytest.mark.parametrize("stages, rules", [(2, ("bp", "fa", "dfa", "dtp", "sdtp", "aosdtp", "sdtp-alternating")),
+                                           (4, ("bp", "dfa", "sdtp"))])
 def test_sync_pipeline_equals_single_process(stages, rules):
     jobs = [dict(rule=rule.split("-")[0], steps=STEPS, batch=BATCH, stages=stages, micro_batches=4,
                  **({"phases": ALTERNATING} if rule.endswith("alternating") else {})) for rule in rules]
