@@ -56,7 +56,8 @@ def test_sync_pipeline_equals_single_process(stages, rules):
 
 def test_decoupled_mode_runs_and_reports_staleness():
     job = dict(rule="sdtp", steps=3, batch=BATCH, stages=2, micro_batches=4, mode="decoupled", dtype=torch.float32)
-    (r0,), (r1,) = run_ranks(pipeline_jobs, 2, [job])
+    (r0, *others0), (r1, *others1) = run_ranks(pipeline_jobs, 2, [job, dict(job, rule="fa"), dict(job, rule="dfa")])
+    assert all(o["staleness"]["max"] == 1 for o in others0)  # FA and DFA run decoupled too
     s0, s1 = r0["staleness"], r1["staleness"]
     # stage 0 steps once (for the previous micro-batch) between a forward and its backward;
     # the last stage runs each backward right after its forward.
