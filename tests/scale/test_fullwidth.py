@@ -1,5 +1,10 @@
 """The full-width ImageNet LC nets: registered names, All-CNN widths, parameter counts
-(meta device: nothing allocated) and one TP step at reduced resolution."""
+(meta device: nothing allocated) and one TP step at reduced resolution.
+
+models.fullwidth is imported inside the tests, not at collection: registering the nets
+while pytest collects would add them to tests/models' "every ImageNet net, every rule"
+(slow) parametrisation when that file is collected after this one — 10⁹-parameter
+builds this machine cannot hold."""
 
 from __future__ import annotations
 
@@ -7,10 +12,16 @@ import torch
 
 from algorithms import OptimConfig, RuleConfig, Updater, build_learner
 from models.architectures import ARCHITECTURES
-from models.fullwidth import FULLWIDTH, parameter_counts
+
+
+def fullwidth():
+    import models.fullwidth
+
+    return models.fullwidth
 
 
 def test_registered_with_all_cnn_widths():
+    FULLWIDTH = fullwidth().FULLWIDTH
     assert set(FULLWIDTH) <= set(ARCHITECTURES)
     widths = {name: [layer[2] for layer in ARCHITECTURES[name].layers] for name in FULLWIDTH}
     assert widths["imagenet_lc_fullwidth_iclr"] == [96, 256, 384, 1024]
@@ -22,6 +33,7 @@ def test_registered_with_all_cnn_widths():
 
 
 def test_parameter_counts_printed():
+    FULLWIDTH, parameter_counts = fullwidth().FULLWIDTH, fullwidth().parameter_counts
     for name in FULLWIDTH:
         paper_name = name.replace("imagenet_lc_fullwidth_", "") + "_imagenet_lc"
         full, paper = parameter_counts(name), parameter_counts(paper_name)
@@ -33,6 +45,7 @@ def test_parameter_counts_printed():
 
 
 def test_one_sdtp_step_at_32px():
+    fullwidth()
     learner = build_learner("imagenet_lc_fullwidth_neurips", RuleConfig(rule="sdtp"), input_shape=(3, 32, 32))
     updater = Updater(learner, OptimConfig())
     before = learner.net.blocks[0].layer.weight.detach().clone()
