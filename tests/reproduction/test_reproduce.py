@@ -122,3 +122,30 @@ def test_cli_list_one_row_and_missing_data(fashion, tmp_path, capsys):
     (line,) = read_csv(tmp_path / "f/results.csv")
     assert (line["rule"], line["schedule"], line["arch"], line["epochs"]) == ("sdtp", "parallel", "fc", "1")
     assert "Command: `bioscale reproduce fashion-mnist --budget small" in (tmp_path / "f/results.md").read_text()
+
+
+def test_slurm_launcher_submits_each_pending_run_then_waits(fashion, tmp_path, monkeypatch):
+    """The CLI's SLURM glue against a stand-in for cluster/ (API: build_config, launch,
+    active_job, wait_for, load_profile); the jobs 'run' by writing nothing, so the rows
+    are reported missing and the command says so."""
+    import sys
+    import types
+
+    calls = {"launched": [], "waited": None}
+    launcher = types.ModuleType("cluster.launcher")
+    launcher.active_job = lambda run_dir: "41" if run_dir.parent.name == "fc_fa" else None
+    launcher.build_config = lambda path, overrides, data, run_dir: (path, run_dir)
+    launcher.launch = lambda cfg, profile: (calls["launched"].append((cfg, profile)),
+                                            types.SimpleNamespace(job_id=str(len(calls["launched"]))))[1]
+    launcher.wait_for = lambda ids: (calls.__setitem__("waited", list(ids)),
+                                     {i: types.SimpleNamespace(state="COMPLETED") for i in ids})[1]
+    profile = types.ModuleType("cluster.profile")
+    profile.load_profile = lambda name: f"profile:{name}"
+    monkeypatch.setitem(sys.modules, "cluster.launcher", launcher)
+    monkeypatch.setitem(sys.modules, "cluster.profile", profile)
+    rc = main(["reproduce", "fashion-mnist", "--data", str(fashion), "--out", str(tmp_path), "--rows", "fc_bp",
+               "--rows", "fc_fa", "--launcher", "slurm", "--profile", "big", "--no-figures"])
+    assert rc == 1  # nothing finished: the rows are reported missing
+    assert [(p.endswith("fc_bp.yaml"), prof) for (p, _), prof in calls["launched"]] == [(True, "profile:big")]
+    assert calls["waited"] == ["41", "1"]  # the still-active job of an earlier call is waited for, not resubmitted
+    assert "missing" in (tmp_path / "results.md").read_text()
