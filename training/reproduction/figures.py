@@ -127,7 +127,7 @@ def angles(table: Table, results: Sequence[RowResult], out_dir: str | Path, run_
         for ax in axes[:, 0]:
             ax.set_ylabel("angle to BP (deg)")
         axes.flat[0].legend(fontsize=7)
-        fig.suptitle(f"{table.arch_titles.get(col, col)}: angle between each layer's update and BP's gradient")
+        fig.suptitle(f"{table.arch_titles.get(col, col)}: angle to BP per layer", fontsize=10)
         fig.tight_layout()
         written.append(_save(fig, Path(out_dir) / f"angles_{col}.png", plt))
     return written
