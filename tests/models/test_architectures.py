@@ -10,7 +10,10 @@ from algorithms import RULES, RuleConfig, build_learner
 from models import ARCHITECTURES, build_network
 
 SMALL = sorted(n for n in ARCHITECTURES if "imagenet" not in n)
-IMAGENET = sorted(n for n in ARCHITECTURES if "imagenet" in n)
+# The full-width nets (0.8–1.2·10⁹ forward weights, as many again in inverses) do not fit
+# this machine for a step; they are built on the meta device below and trained at reduced
+# resolution under ZeRO-3 in tests/scale.
+IMAGENET = sorted(n for n in ARCHITECTURES if "imagenet" in n and "fullwidth" not in n)
 
 
 def one_step_every_rule(arch):
