@@ -10,18 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.geometry import SlidingWindow
 from models.init import GlorotInit
-from models.locally_connected import _pair, resolve_padding
 
 
-class _ConvGeometry(nn.Module):
-    def _setup(self, in_channels, out_channels, input_size, kernel_size, stride, padding):
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.input_size, self.kernel_size, self.stride = _pair(input_size), _pair(kernel_size), _pair(stride)
-        self.padding = padding
-        self.pad_h, self.pad_w, self.output_size = resolve_padding(padding, self.input_size, self.kernel_size, self.stride)
-        kh, kw = self.kernel_size
-        self.fan_in, self.fan_out = self.in_channels * kh * kw, self.out_channels * kh * kw
+class _ConvGeometry(SlidingWindow):
+    """Explicit (possibly asymmetric) padding and the adjoint, shared by the conv and its transpose."""
 
     def _pad(self, x):
         return F.pad(x, (self.pad_w[0], self.pad_w[1], self.pad_h[0], self.pad_h[1]))
@@ -36,10 +30,6 @@ class _ConvGeometry(nn.Module):
         # Rows/cols of the padded input that no window touches get zero gradient.
         x = F.pad(x, (0, wp - full_w, 0, hp - full_h))
         return x[:, :, self.pad_h[0]: hp - self.pad_h[1], self.pad_w[0]: wp - self.pad_w[1]]
-
-    def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, "
-                f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}")
 
 
 class _ConvFeedback(torch.autograd.Function):

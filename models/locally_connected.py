@@ -26,61 +26,19 @@ Kernels and the autograd Functions live in `models/lc_ops.py`.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from models.geometry import SlidingWindow, pair
 from models.init import GlorotInit
 from models.lc_ops import Geometry, LCLinear, LCTransposeLinear, to_hwcn
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def resolve_padding(padding, input_size, kernel_size, stride) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """Return ((top, bottom), (left, right), (H_out, W_out)) for 'same' | 'valid' | int | (int, int).
-
-    'same' follows TensorFlow (the paper's framework): out = ceil(in / stride),
-    the extra pixel of an odd total padding goes to the bottom/right."""
-    pads, outs = [], []
-    for n, k, s, i in zip(input_size, kernel_size, stride, range(2)):
-        if isinstance(padding, str):
-            mode = padding.lower()
-            if mode == "same":
-                out = math.ceil(n / s)
-                total = max((out - 1) * s + k - n, 0)
-                pads.append((total // 2, total - total // 2))
-            elif mode == "valid":
-                out = (n - k) // s + 1
-                pads.append((0, 0))
-            else:
-                raise ValueError(f"padding must be 'same', 'valid' or an int, got {padding!r}")
-        else:
-            p = _pair(padding)[i]
-            if p < 0:
-                raise ValueError(f"padding must be non-negative, got {padding!r}")
-            out = (n + 2 * p - k) // s + 1
-            pads.append((p, p))
-        if out < 1:
-            raise ValueError(f"kernel {kernel_size} with stride {stride} and padding {padding!r} "
-                             f"does not fit input {tuple(input_size)}")
-        outs.append(out)
-    return pads[0], pads[1], (outs[0], outs[1])
-
-
-class _LCGeometry(nn.Module):
+class _LCGeometry(SlidingWindow):
     """Shape bookkeeping and checks shared by the layer and its transpose."""
 
     def _setup(self, in_channels, out_channels, input_size, kernel_size, stride, padding):
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.input_size, self.kernel_size, self.stride = _pair(input_size), _pair(kernel_size), _pair(stride)
-        self.padding = padding
-        self.pad_h, self.pad_w, self.output_size = resolve_padding(padding, self.input_size, self.kernel_size, self.stride)
-        kh, kw = self.kernel_size
-        self.fan_in = self.in_channels * kh * kw
-        self.fan_out = self.out_channels * kh * kw
+        super()._setup(in_channels, out_channels, input_size, kernel_size, stride, padding)
         self.num_positions = self.output_size[0] * self.output_size[1]
         self.geometry = Geometry(self.input_size, self.kernel_size, self.stride, self.pad_h, self.pad_w,
                                  self.output_size)
@@ -93,11 +51,6 @@ class _LCGeometry(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"{type(self).__name__} expects input (N, {', '.join(map(str, expected))}), "
                              f"got {tuple(x.shape)}")
-
-    def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, "
-                f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}, "
-                f"output_size={self.output_size}")
 
 
 class LocallyConnected2d(GlorotInit, _LCGeometry):
@@ -133,12 +86,12 @@ class LocallyConnected2d(GlorotInit, _LCGeometry):
     @classmethod
     def from_conv2d(cls, conv: nn.Conv2d, input_size) -> "LocallyConnected2d":
         """The LC layer whose every position holds `conv`'s kernel (outputs equal the conv's)."""
-        if conv.groups != 1 or _pair(conv.dilation) != (1, 1):
+        if conv.groups != 1 or pair(conv.dilation) != (1, 1):
             raise ValueError("from_conv2d supports groups=1, dilation=1 convolutions only")
         if conv.padding_mode != "zeros":
             raise ValueError(f"from_conv2d supports zero padding only, got {conv.padding_mode!r}")
         padding = conv.padding
-        if padding == "same" and _pair(conv.stride) != (1, 1):
+        if padding == "same" and pair(conv.stride) != (1, 1):
             raise ValueError("nn.Conv2d padding='same' requires stride 1")
         layer = cls(conv.in_channels, conv.out_channels, input_size, conv.kernel_size, conv.stride,
                     padding if isinstance(padding, str) else tuple(padding), bias=conv.bias is not None,
