@@ -5,7 +5,8 @@
 #
 #   cluster/local_slurm.sh up       install missing Debian packages, write the
 #                                   configs, start whatever is not running
-#   cluster/local_slurm.sh down     stop exactly the daemons this script started
+#   cluster/local_slurm.sh down     cancel this cluster's remaining jobs, stop
+#                                   exactly the daemons this script started
 #   cluster/local_slurm.sh status   which of them run; exit 0 when all do
 #
 # Needs root (daemons, /etc/slurm). Every daemon writes its pid file under
@@ -279,6 +280,20 @@ stop_group() {  # SIGTERM the named daemons together, wait, SIGKILL stragglers
 }
 
 down() {
+    # Jobs still running would outlive slurmd as orphaned processes: cancel
+    # them first (they belong to this cluster), give them KillWait to end.
+    local jobs
+    if [ -n "$(running_pid slurmctld)" ]; then
+        jobs="$(timeout 10 squeue -h -o %i 2>/dev/null | tr '\n' ' ')"
+        if [ -n "${jobs// /}" ]; then
+            say "cancelling jobs still queued or running: $jobs"
+            timeout 10 scancel $jobs 2>/dev/null || true
+            for _ in $(seq 1 40); do
+                [ -z "$(timeout 10 squeue -h -t R,CG -o %i 2>/dev/null)" ] && break
+                sleep 0.5
+            done
+        fi
+    fi
     # compute node and controller first, then accounting, then what it needs
     stop_group slurmd slurmctld
     stop_group slurmdbd

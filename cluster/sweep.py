@@ -28,9 +28,11 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +41,12 @@ from cluster.profile import ClusterProfile
 from cluster.search_space import as_overrides, load_space, sample
 from cluster.training_job import TrainingJob
 from training.atomic_files import atomic_write_text
-from training.config import ConfigError, load_config
+from training.config import ConfigError, ExperimentConfig, load_config
 
 log = logging.getLogger("bioscale.sweep")
 SPEC_FILE, PRUNING_FILE, TRIAL_FILE = "sweep.json", "pruning.json", "trial.json"
+BASE_CONFIG_FILE = "base_config.yaml"
+UNKNOWN_GRACE_S = 300  # a job neither squeue nor sacct knows after this long is lost (retried on re-run)
 
 
 @dataclass
@@ -59,6 +63,10 @@ class SweepSpec:
     prune_after_epochs: int | None = None
     keep: int = 1
     name: str = "sweep"
+    base_config: dict[str, Any] = field(default_factory=dict)
+    """The merged config (file + overrides) at creation: every trial and stage
+    is built from this copy (base_config.yaml), so editing the YAML file later
+    cannot change a running sweep; a re-run with a changed file is refused."""
 
     def __post_init__(self):
         if self.trials < 1:
@@ -125,15 +133,19 @@ class Sweep:
                                   "to start one")
             return cls(root, stored)
         if stored is not None:
-            diffs = [f"{k}: stored {a!r}, now {b!r}" for k, a, b in
-                     ((k, getattr(stored, k), getattr(spec, k)) for k in asdict(spec)) if a != b]
+            diffs = _differences(asdict(stored), asdict(spec))
             if diffs:
                 raise ConfigError(f"{root} holds a different sweep ({'; '.join(diffs)}); use another --out, "
                                   f"or run `bioscale sweep --out {root}` to continue the stored one")
             return cls(root, stored)
         sweep = cls(root, spec)
-        configs = [sweep._build_trial_config(i, spec.epochs) for i in range(spec.trials)]  # all checked first
         root.mkdir(parents=True, exist_ok=True)
+        ExperimentConfig.from_dict(spec.base_config).save_yaml(root / BASE_CONFIG_FILE)
+        try:
+            configs = [sweep._build_trial_config(i, spec.epochs) for i in range(spec.trials)]  # all checked first
+        except ConfigError:
+            (root / BASE_CONFIG_FILE).unlink()
+            raise
         for i, cfg in enumerate(configs):
             sweep.trial_dir(i).mkdir(parents=True, exist_ok=True)
             atomic_write_text(sweep.trial_dir(i) / TRIAL_FILE,
@@ -150,9 +162,10 @@ class Sweep:
 
     def _build_trial_config(self, i: int, epochs: int):
         name = f"{self.spec.name}-t{i:03d}"
-        overrides = [*self.spec.overrides, *as_overrides(self.params(i)), f"train.epochs={epochs}", f"name={name}"]
+        overrides = [*as_overrides(self.params(i)), f"train.epochs={epochs}", f"name={name}"]
         try:
-            return launcher.build_config(self.spec.config, overrides, self.spec.data, self.trial_dir(i))
+            return launcher.build_config(str(self.root / BASE_CONFIG_FILE), overrides, self.spec.data,
+                                         self.trial_dir(i))
         except ConfigError as exc:
             raise ConfigError(f"trial {i} ({', '.join(as_overrides(self.params(i)))}): {exc}") from None
 
@@ -182,15 +195,18 @@ class Sweep:
             done = int(result.get("epochs_completed", 0)) if result else 0
             st = TrialStatus(i, self.params(i), "new", target, done, result)
             record = last_jobs.get(i)
-            if record:
-                job = states[record["job_id"]]
+            job = states[record["job_id"]] if record else None
+            if job is not None:
                 st.job_id, st.slurm_state, st.exit_code = job.job_id, job.state, job.exit_code
-            if done >= target:
-                st.state = "pruned" if winners is not None and i not in winners and self.spec.pruning else "finished"
-            elif record is None or record.get("epochs", 0) < target:
-                st.state = "pruned" if winners is not None and self.spec.pruning and i not in winners else "new"
-            elif job.active or job.state == "UNKNOWN":
-                st.state = job.state.lower() if job.active else "pending"  # UNKNOWN: accounting lags a new job
+            pruned = self.spec.pruning and winners is not None and i not in winners
+            if job is not None and job.active:
+                # result.json is written at every epoch end, before the job has
+                # exited: a trial is finished only once its job has ended too
+                st.state = job.state.lower()
+            elif done >= target or record is None or record.get("epochs", 0) < target:
+                st.state = "pruned" if pruned else "finished" if done >= target else "new"
+            elif job.state == "UNKNOWN" and _age_s(record) < UNKNOWN_GRACE_S:
+                st.state = "pending"  # accounting has not seen the new job yet
             else:
                 st.state = "failed" if job.failed else "stopped"
                 if with_logs:
@@ -221,7 +237,7 @@ class Sweep:
 
     def _decide_pruning(self, status: list[TrialStatus]) -> None:
         ranked = sorted((s for s in status if s.state == "finished" and s.val_top1_err is not None),
-                        key=lambda s: (s.val_top1_err, s.trial))
+                        key=lambda s: (error_sort_key(s.val_top1_err), s.trial))
         keep = [s.trial for s in ranked[: self.spec.keep]]
         pruned = [s.trial for s in status if s.trial not in keep]
         active = [s.job_id for s in status if s.trial in pruned and s.job_id and s.state in
@@ -257,6 +273,28 @@ class Sweep:
         if self.spec.pruning and winners is None:
             return False
         return all(s.state == "finished" for s in status if not self.spec.pruning or s.trial in winners)
+
+
+def _age_s(record: dict[str, Any]) -> float:
+    submitted = datetime.fromisoformat(record["submitted"])
+    return (datetime.now(timezone.utc) - submitted).total_seconds()
+
+
+def _differences(stored: dict, now: dict, prefix: str = "") -> list[str]:
+    """Leaf-level differences of two nested dicts ('base_config.optim.forward.lr: stored 0.001, now 0.002')."""
+    out = []
+    for key in dict.fromkeys([*stored, *now]):
+        a, b = stored.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: stored {a!r}, now {b!r}")
+    return out
+
+
+def error_sort_key(err: float) -> float:
+    """Sort key of an error: NaN (a diverged epoch) ranks last, like in model selection."""
+    return math.inf if math.isnan(err) else err
 
 
 class SweepLock:
@@ -309,8 +347,10 @@ def make_spec(config: str | None, overrides: list[str], data: str, space: str, t
     """A new sweep's spec from command-line values (paths made absolute)."""
     base = load_config(config, overrides)
     resolved_space = load_space(space, base.algorithm.rule)
+    base_dict = base.to_dict()
+    base_dict["data"]["path"], base_dict["out"] = None, None  # set per trial
     return SweepSpec(config=str(Path(config).resolve()) if config else None, overrides=list(overrides),
                      data=str(Path(data).resolve()), space=resolved_space,
                      space_source=space if space == "paper" else str(Path(space).resolve()), trials=trials,
                      seed=seed, epochs=epochs or base.train.epochs, prune_after_epochs=prune_after_epochs,
-                     keep=keep, name=name or base.name)
+                     keep=keep, name=name or base.name, base_config=base_dict)

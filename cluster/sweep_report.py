@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from cluster.sweep import Sweep, TrialStatus
+from cluster.sweep import Sweep, TrialStatus, error_sort_key
 from training.atomic_files import atomic_write_text
 
 
@@ -34,7 +34,7 @@ def _pct(err: float | None) -> str:
 
 def ranked(sweep: Sweep, status: list[TrialStatus]) -> list[tuple[int | None, TrialStatus]]:
     scored = [s for s in status if s.val_top1_err is not None]
-    scored.sort(key=lambda s: (s.epochs_done < sweep.spec.epochs, s.val_top1_err, s.trial))
+    scored.sort(key=lambda s: (s.epochs_done < sweep.spec.epochs, error_sort_key(s.val_top1_err), s.trial))
     unscored = [s for s in status if s.val_top1_err is None]
     return [(r + 1, s) for r, s in enumerate(scored)] + [(None, s) for s in unscored]
 

@@ -100,6 +100,11 @@ def test_rerunning_the_sweep_submits_nothing(sweep):
     assert len(before) == 8  # 6 trials + 2 continued
     again = bioscale(*sweep["args"], check=True)
     assert "submitted" not in again.stdout + again.stderr
+    # a different sweep in the same directory is refused, naming what differs
+    args = list(sweep["args"])
+    args[args.index("--seed") + 1] = "2"
+    refused = bioscale(*args)
+    assert refused.returncode == 2 and "seed: stored 1, now 2" in refused.stderr, refused.stderr
     assert _sweep_jobs(sweep["name"]) == before
 
 
