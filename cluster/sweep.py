@@ -5,6 +5,7 @@ only the best after a few epochs).
 A sweep directory holds:
   sweep.json        what defines the sweep (config, overrides, data, space,
                     seed, trials, epochs, pruning); a re-run must match it
+  base_config.yaml  the merged config every trial is built from
   trials/tNNN/      one trainer run directory per trial (+ trial.json with the
                     sampled values, jobs.jsonl with every job that trained it)
   pruning.json      the stage-1 ranking and which trials continue, once decided

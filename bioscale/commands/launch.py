@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.local:
         try:
-            job.result()
+            job.results()  # every task's outcome; raises the first failure
             ok = True
         except Exception as exc:  # the job's own traceback is in its log
             print(f"bioscale launch: the job failed: {exc}", file=sys.stderr)

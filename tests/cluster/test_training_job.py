@@ -1,0 +1,38 @@
+"""The requeue contract of the job callable, without SLURM: `checkpoint()`
+resubmits the same callable and writes nothing (the trainer's periodic
+checkpoints are what a requeue resumes from), and forked DataLoader workers
+leave the USR2 handler to the process that installed it."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from cluster.training_job import TrainingJob, _main_process_handles_preemption
+
+
+def test_checkpoint_resubmits_the_same_job_and_saves_nothing(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    before = sorted(p.name for p in run.rglob("*"))
+    job = TrainingJob({"out": str(run), "name": "x"}, label="x")
+    delayed = job.checkpoint()
+    assert delayed.function is job and delayed.args == () and delayed.kwargs == {}
+    assert sorted(p.name for p in run.rglob("*")) == before
+
+
+def test_forked_workers_leave_preemption_to_the_main_process():
+    calls: list[int] = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(os.getpid()))
+    try:
+        _main_process_handles_preemption()
+        pid = os.fork()
+        if pid == 0:  # a DataLoader worker forked from the training process
+            os.kill(os.getpid(), signal.SIGUSR2)
+            os._exit(0 if not calls else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the forked child ran the handler"
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert calls == [os.getpid()]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
