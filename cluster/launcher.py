@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -27,7 +26,6 @@ from cluster.profile import ClusterProfile
 from cluster.training_job import TrainingJob
 from training.config import ConfigError, ExperimentConfig, load_config
 
-log = logging.getLogger("bioscale.cluster")
 JOBS_FILE = "jobs.jsonl"
 
 
@@ -153,7 +151,8 @@ def launch(cfg: ExperimentConfig, profile: ClusterProfile, *, local: bool = Fals
     return job
 
 
-def wait_for(job_ids: Sequence[str], poll_s: float = 10.0, timeout_s: float | None = None) -> dict[str, slurm_jobs.JobState]:
+def wait_for(job_ids: Sequence[str], poll_s: float = 10.0,
+             timeout_s: float | None = None) -> dict[str, slurm_jobs.JobState]:
     """Poll SLURM until no job in `job_ids` is active (a requeued job counts as
     active). A job unknown to both squeue and sacct right after submission is
     waited for too, for a while."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.cluster_helpers import ROOT, bioscale
+from tests.cluster.cluster_helpers import ROOT, bioscale, wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -98,9 +98,15 @@ def test_crashing_and_diverging_trials_show_exit_code_and_stderr_in_status(slurm
     for k, p in procs.items():
         out, err = p.communicate(timeout=300)
         assert p.returncode == 1, f"{k}: {out}\n{err}"  # the sweep did not complete
-    crash = bioscale("sweep", "status", "--out", tmp_path / "crash", check=True).stdout
-    assert "1 failed" in crash and "exit code 1:0" in crash, crash
-    assert "stderr tail:" in crash and "DataError" in crash, crash
-    diverge = bioscale("sweep", "status", "--out", tmp_path / "diverge", check=True).stdout
-    assert "exit code 3:0" in diverge and "diverged" in diverge, diverge
+    def status(name: str, expected: str) -> str:  # accounting may lag the end of the job by a moment
+        def shows() -> str | None:
+            out = bioscale("sweep", "status", "--out", tmp_path / name, check=True).stdout
+            return out if expected in out else None
+
+        return wait_until(shows, 60, f"{expected!r} in `sweep status` of {name}", interval=1)
+
+    crash = status("crash", "exit code 1:0")
+    assert "1 failed" in crash and "stderr tail:" in crash and "DataError" in crash, crash
+    diverge = status("diverge", "exit code 3:0")
+    assert "diverged" in diverge, diverge
     assert "failed" in (tmp_path / "crash" / "report.md").read_text()

@@ -30,7 +30,7 @@ def test_launch_trains_and_writes_result(slurm, shards, fast_config, tmp_path):
     assert "run directory" in (run / "logs" / f"{job}_0_log.err").read_text()
     record = json.loads((run / "jobs.jsonl").read_text().splitlines()[-1])
     assert record["job_id"] == job and record["cluster"] == "slurm"
-    assert sacct_runs(job) == [("COMPLETED", "0:0")]
+    wait_until(lambda: sacct_runs(job) == [("COMPLETED", "0:0")], 30, f"accounting of job {job}", interval=0.5)
     script = (run / "logs" / f"{job}_submission.sh").read_text()
     assert "--partition=debug" in script and "--requeue" in script and "--signal=USR2@30" in script
 

@@ -44,8 +44,8 @@ def seconds_per_epoch(shards, config, tmp_path: Path) -> float:
 class Jobs:
     def __init__(self, tmp: Path, shards, config, epoch_s: float):
         self.tmp, self.shards, self.config = tmp, shards, config
-        # ~8 s of training: `scontrol requeue` kills after KillWait (5 s), the job must outlive that
-        self.short_epochs = max(4, math.ceil(8 / epoch_s))
+        # ~10 s of training: `scontrol requeue` kills after KillWait (5 s), the job must outlive that
+        self.short_epochs = max(4, math.ceil(10 / epoch_s))
         # Long enough that SLURM's first limit check (<= 30 s after start) finds it training.
         self.long_epochs = max(8, math.ceil(36 / epoch_s))
         self.ids: dict[str, str] = {}
