@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from algorithms import Updater, angles_to_bp, build_learner, build_rule
-from distributed import init_distributed, local_device, read_environment
+from distributed import all_reduce_sum, init_distributed, local_device, read_environment
 from distributed.gradient_sync import all_reduce_gradients
 from models import get_arch
 from training.checkpoint import CheckpointManager, check_compatible, load_weights
@@ -207,22 +207,27 @@ class Trainer:
         progress.close()
 
     def _log_train(self, out, n, errors, images_seen, data_time, step_time):
-        world = self.env.world_size
-        scalars = {"train/loss": out.task_loss.item() / max(n, 1), "train/top1_err": errors / max(n, 1),
-                   "perf/images_per_sec": images_seen * world / max(data_time + step_time, 1e-9),
+        # Per-sample means over the *global* batch: every rank reaches the same log steps,
+        # so one small all-reduce of the sums is safe here.
+        local = sorted(out.trace.local_losses.items())
+        inverse = sorted(out.inverse_losses.items())
+        sums = torch.tensor([out.task_loss.item(), errors, n] + [v.item() for _, v in local + inverse],
+                            dtype=torch.float64)
+        sums = all_reduce_sum(sums)
+        total = max(sums[2].item(), 1)
+        scalars = {"train/loss": sums[0].item() / total, "train/top1_err": sums[1].item() / total,
+                   "perf/images_per_sec": images_seen * self.env.world_size / max(data_time + step_time, 1e-9),
                    "perf/data_time_pct": 100.0 * data_time / max(data_time + step_time, 1e-9)}
         for name, lr in self.updater.learning_rates().items():
             scalars[f"opt/lr_{name}"] = lr
-        for l, v in out.trace.local_losses.items():
-            scalars[f"layer{l}/local_loss"] = v.item() / max(n, 1)
-        for l, v in out.inverse_losses.items():
-            scalars[f"layer{l}/inverse_loss"] = v.item() / max(n, 1)
+        for i, (l, _) in enumerate(local):
+            scalars[f"layer{l}/local_loss"] = sums[3 + i].item() / total
+        for i, (l, _) in enumerate(inverse):
+            scalars[f"layer{l}/inverse_loss"] = sums[3 + len(local) + i].item() / total
         self.metrics.log_scalars(self.step, scalars)
         check_weights(self.step, self.learner)
 
     def _end_epoch(self):
-        from distributed import all_reduce_sum
-
         stats = all_reduce_sum(self.epoch_stats.clone())
         record = {"epoch": self.epoch, "train_top1_err": stats[0].item() / max(stats[1].item(), 1),
                   "train_loss": stats[2].item() / max(stats[1].item(), 1)}
