@@ -59,6 +59,13 @@ def test_fashion_rows_end_to_end_and_rerun_skips(fashion, tmp_path):
     assert json.loads(wall.read_text()) == before  # finished rows are not trained again
     assert again.wall_s < 5
 
+    # more seeds for one row, then the whole table's report counts them
+    reproduce("fashion-mnist", TINY, data=fashion, out=tmp_path, rows=["fc_bp"], seeds=2, figures=False)
+    reproduce("fashion-mnist", TINY, data=fashion, out=tmp_path, rows=rows, figures=False)
+    seeds = {r["row"]: r["seeds"] for r in read_csv(tmp_path / "results.csv")}
+    assert seeds["fashion_mnist/fc_bp"] == "2" and seeds["fashion_mnist/lc_sdtp"] == "1"
+    assert " ± " in (tmp_path / "results.md").read_text()
+
 
 @pytest.mark.parametrize("table,rows,standin", [
     ("mnist", ["neurips2018/mnist/lc_dfa", "iclr2018/mnist/fc_sdtp_alternating"], "fashion"),

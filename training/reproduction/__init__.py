@@ -47,6 +47,7 @@ def reproduce(table: str | Table, budget: str | Budget = "small", *, data: str |
     runs = runner.run_table(table, chosen, data, out, seeds=seeds, rows=rows, overrides=overrides,
                             executor=executor or runner.run_local)
     wall = time.perf_counter() - t0
+    runs = runner.with_existing_seeds(runs)
     results = report.collect(table, runs)
     pictures = []
     if figures:

@@ -62,6 +62,25 @@ def plan(table: Table, budget: Budget, data: str | Path, out: str | Path, *, see
     return runs
 
 
+def with_existing_seeds(runs: Sequence[PlannedRun]) -> list[PlannedRun]:
+    """The planned runs plus any other seed a row already has on disk (an earlier
+    `--seeds N --rows ...` call), so that the full table's report includes them."""
+    out = list(runs)
+    planned = {(run.row.key, run.seed) for run in runs}
+    firsts = {}
+    for run in runs:
+        firsts.setdefault(run.row.key, run)
+    for key, run in firsts.items():
+        for seed_dir in sorted(run.run_dir.parent.glob("seed*")):
+            seed = seed_dir.name.removeprefix("seed")
+            if seed.isdigit() and (key, int(seed)) not in planned and (seed_dir / "result.json").exists():
+                # same overrides; the seed and run directory are the ones `plan` would have given it
+                ov = [o for o in run.overrides if not o.startswith(("seed=", "out="))]
+                out.append(PlannedRun(run.row, int(seed), run.config_path,
+                                      ov + [f"seed={seed}", f"out={seed_dir}"], seed_dir))
+    return out
+
+
 def read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -96,7 +115,8 @@ def run_local(runs: Sequence[PlannedRun]) -> None:
 
     for i, run in enumerate(runs, 1):
         cfg = run.load_config()
-        log.info("[%d/%d] %s: %s", i, len(runs), run.label, " ".join(run.overrides[:-2]))
+        shown = [o for o in run.overrides if not o.startswith(("data.path=", "out="))]
+        log.info("[%d/%d] %s: %s", i, len(runs), run.label, " ".join(shown))
         t0 = time.perf_counter()
         try:
             Trainer(cfg).fit()
