@@ -110,7 +110,7 @@ check_ours() {  # never overwrite a real cluster's configuration
 
 write_configs() {
     local cpus mem_mb
-    cpus="$(nproc)"
+    cpus="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"  # nproc honours OMP_NUM_THREADS, which the test runner sets to 1
     # ~90% of RAM: slurmd drains a node whose RealMemory exceeds what it finds.
     mem_mb="$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)"
     mkdir -p /etc/slurm
