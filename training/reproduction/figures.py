@@ -68,7 +68,7 @@ def curves(table: Table, results: Sequence[RowResult], path: str | Path) -> Path
             ax.plot(x, [100 * (h.get("test_top1_err") or float("nan")) for h in hist], "--",
                     color=colors[res.row.method])
         ax.set_title(table.arch_titles.get(col, col))
-        ax.set_xlabel("forward-training epochs (budget's epochs)")
+        ax.set_xlabel("epochs of forward training (as capped by the budget)")
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(cols):]:
         ax.set_visible(False)
@@ -137,7 +137,7 @@ def bars(table: Table, results: Sequence[RowResult], path: str | Path) -> Path:
     plt = _plt()
     cols, methods = columns(results), _methods(results)
     width = 0.8 / len(cols)
-    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(methods) * max(1, len(cols) / 2)), 4.2))
+    fig, ax = plt.subplots(figsize=(min(14, 3 + 0.3 * len(methods) * len(cols)), 4.5))
     for j, col in enumerate(cols):
         xs, test, err, train = [], [], [], []
         for i, method in enumerate(methods):

@@ -204,6 +204,9 @@ def write_markdown(table: Table, results: Sequence[RowResult], path: str | Path,
     path = Path(path)
     parts = [f"# {table.title}", ""]
     parts += list(context) + ([""] if context else [])
+    walls = [w for res in results for w in res.values("wall_s")]
+    if walls:  # this invocation may have skipped finished runs: the runs' own times add up the table
+        parts += [f"Training time of these {len(walls)} runs, summed over their attempts: {sum(walls):.0f} s.", ""]
     if budget_note:
         parts += [f"Budget: {budget_note}.", ""]
     parts += ["Errors in %: ours at the epoch chosen by the paper's model selection (best validation "
