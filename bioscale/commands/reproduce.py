@@ -17,11 +17,11 @@ import shlex
 import sys
 from pathlib import Path
 
-TABLE_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar10-aug", "imagenet")  # training.reproduction.TABLES
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("table", choices=TABLE_NAMES)
+    from training.reproduction.tables import TABLES  # plain data: no torch, --help stays instant
+
+    parser.add_argument("table", choices=tuple(TABLES))
     parser.add_argument("--budget", default="small", choices=("small", "paper"),
                         help="small: minutes per row on a CPU (the default); paper: the paper's epochs")
     parser.add_argument("--out", help="output directory (runs/, results.md, results.csv, figures/)")

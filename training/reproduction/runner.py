@@ -45,8 +45,8 @@ class PlannedRun:
 
 def plan(table: Table, budget: Budget, data: str | Path, out: str | Path, *, seeds: int | None = None,
          rows: Sequence[str] = (), overrides: Sequence[str] = (), configs: str | Path = CONFIGS) -> list[PlannedRun]:
-    """One run per (row, seed). `rows`: glob patterns on row keys (e.g. 'fashion_mnist/fc_*'),
-    or on the method/arch labels; empty = every row. `overrides` apply to every run, last."""
+    """One run per (row, seed). `rows`: glob patterns on row keys ('fashion_mnist/fc_*') or on
+    their last part ('fc_*'); empty = every row. `overrides` apply to every run, last."""
     chosen = [r for r in table.rows if not rows or any(
         fnmatch.fnmatch(r.key, p) or fnmatch.fnmatch(r.key.rsplit("/", 1)[-1], p) for p in rows)]
     if not chosen:
