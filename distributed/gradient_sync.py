@@ -15,8 +15,9 @@ import torch.distributed as dist
 from distributed.process_group import get_world_size
 
 
-def all_reduce_gradients(params, bucket_bytes: int = 32 << 20) -> None:
-    if get_world_size() == 1:
+def all_reduce_gradients(params, bucket_bytes: int = 32 << 20, group=None) -> None:
+    """Sum the gradients of `params` over `group` (default: all ranks), in place."""
+    if (get_world_size() if group is None else dist.get_world_size(group)) == 1:
         return
     grads = [p.grad for p in params if p.grad is not None]
     bucket, size = [], 0
@@ -24,15 +25,15 @@ def all_reduce_gradients(params, bucket_bytes: int = 32 << 20) -> None:
         bucket.append(g)
         size += g.numel() * g.element_size()
         if size >= bucket_bytes:
-            _reduce(bucket)
+            _reduce(bucket, group)
             bucket, size = [], 0
     if bucket:
-        _reduce(bucket)
+        _reduce(bucket, group)
 
 
-def _reduce(tensors: list[torch.Tensor]) -> None:
+def _reduce(tensors: list[torch.Tensor], group) -> None:
     flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     offset = 0
     for t in tensors:
         n = t.numel()

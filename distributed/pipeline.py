@@ -39,6 +39,7 @@ from algorithms.config import OptimConfig
 from algorithms.feedback import FeedbackTrace, TraceGap
 from algorithms.learner import Learner
 from algorithms.optim import Updater
+from distributed.gradient_sync import all_reduce_gradients
 from distributed.pipeline_schedule import PipelineConfig, one_f_one_b, partition, placement, ranges_from_balance
 from distributed.process_group import get_rank, get_world_size, is_initialized
 
@@ -227,7 +228,8 @@ class Pipeline:
     # ---- updates -----------------------------------------------------------------------------
     def _step(self, phase: str) -> None:
         if self.dp_group is not None:
-            _all_reduce_grads(self.params, self.dp_group)
+            # SUM over the stage's replicas: losses are batch sums, so D replicas × B = one × D·B
+            all_reduce_gradients(self.params, group=self.dp_group)
         if phase in ("both", "forward"):
             self.updater.forward.step()
         if self.updater.inverse is not None and phase in ("both", "inverse"):
@@ -298,17 +300,3 @@ class Pipeline:
     def stage_state(self) -> dict[str, torch.Tensor]:
         """This stage's parameters and buffers under the single-process Learner's names."""
         return {k: v.detach().clone() for k, v in self.learner.state_dict().items()}
-
-
-def _all_reduce_grads(params, group) -> None:
-    """SUM over the stage's replicas (losses are batch sums: D replicas × B = one × D·B),
-    one flat buffer. gradient_sync.all_reduce_gradients does the same on the default group."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, group=group)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()

@@ -38,11 +38,6 @@ class HiddenBlock(nn.Module):
     def has_inverse(self) -> bool:
         return self.inverse_layer is not None
 
-    def check_input(self, h: torch.Tensor) -> None:
-        if tuple(h.shape[1:]) != self.in_shape:
-            raise ValueError(f"{self._name()} expects input of shape (N, {', '.join(map(str, self.in_shape))}), "
-                             f"got {tuple(h.shape)}")
-
     def _name(self) -> str:
         return f"{type(self.layer).__name__} block"
 
@@ -77,11 +72,6 @@ class OutputBlock(nn.Module):
     @property
     def has_inverse(self) -> bool:
         return self.inverse_layer is not None
-
-    def check_input(self, h: torch.Tensor) -> None:
-        if tuple(h.shape[1:]) != self.in_shape:
-            raise ValueError(f"output block expects input of shape (N, {', '.join(map(str, self.in_shape))}), "
-                             f"got {tuple(h.shape)}")
 
     def forward(self, h: torch.Tensor, feedback_weight: torch.Tensor | None = None) -> torch.Tensor:
         return self.layer(h.flatten(1), feedback_weight)
