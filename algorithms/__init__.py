@@ -3,14 +3,26 @@ in the backward pass; inverse losses; schedules; optimizers; BP-angle diagnostic
 
 Knows nothing of data or the cluster."""
 
-from algorithms.config import INVERSE_LOSSES, RULES, SCHEDULES, AdamConfig, OptimConfig, RuleConfig
-from algorithms.learner import Learner, StepOutput, build_learner
-from algorithms.rules import RULE_CLASSES, Rule, build_rule
+from bioscale.algorithms.config import INVERSE_LOSSES, RULES, SCHEDULES, AdamConfig, OptimConfig, RuleConfig
+from bioscale.algorithms.learner import Learner, StepOutput, build_learner
+from bioscale.algorithms.rules import RULE_CLASSES, Rule, build_rule
 
-__all__ = ["INVERSE_LOSSES", "RULES", "RULE_CLASSES", "SCHEDULES", "AdamConfig", "Learner", "OptimConfig",
-           "Rule", "RuleConfig", "StepOutput", "build_learner", "build_rule"]
+__all__ = [
+    "INVERSE_LOSSES",
+    "RULES",
+    "RULE_CLASSES",
+    "SCHEDULES",
+    "AdamConfig",
+    "Learner",
+    "OptimConfig",
+    "Rule",
+    "RuleConfig",
+    "StepOutput",
+    "build_learner",
+    "build_rule",
+]
 
-from algorithms.diagnostics import angles_to_bp, bp_directions, update_directions  # noqa: E402
-from algorithms.optim import Updater  # noqa: E402
+from bioscale.algorithms.diagnostics import angles_to_bp, bp_directions, update_directions  # noqa: E402
+from bioscale.algorithms.optim import Updater  # noqa: E402
 
 __all__ += ["Updater", "angles_to_bp", "bp_directions", "update_directions"]

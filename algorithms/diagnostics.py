@@ -12,14 +12,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from algorithms.learner import Learner
+from bioscale.algorithms.learner import Learner
 
 
 def _per_layer(net, grads) -> dict[int, torch.Tensor]:
     out, i = {}, 0
     for l, block in enumerate(net.blocks, 1):
         n = len(list(block.layer.parameters()))
-        out[l] = torch.cat([g.reshape(-1) for g in grads[i:i + n]])
+        out[l] = torch.cat([g.reshape(-1) for g in grads[i : i + n]])
         i += n
     return out
 

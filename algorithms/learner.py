@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from algorithms.config import RuleConfig
-from algorithms.feedback import FeedbackTrace, TraceGap
-from algorithms.rules import PHASES, Rule, build_rule
-from models import Network, build_network
+from bioscale.algorithms.config import RuleConfig
+from bioscale.algorithms.feedback import FeedbackTrace, TraceGap
+from bioscale.algorithms.rules import PHASES, Rule, build_rule
+from bioscale.models import Network, build_network
 
 
 @dataclass
@@ -45,8 +45,10 @@ class Learner(nn.Module):
         if rule.target_propagation:
             missing = [l for l in rule.inverse_layers(net.depth) if not net.blocks[l - 1].has_inverse]
             if missing:
-                raise ValueError(f"rule {rule.name!r} needs inverses g_l for layers {missing}; "
-                                 f"build the network with with_inverses=True")
+                raise ValueError(
+                    f"rule {rule.name!r} needs inverses g_l for layers {missing}; "
+                    f"build the network with with_inverses=True"
+                )
         if rule.aux_dim and net.output_block.aux_dim != rule.aux_dim:
             raise ValueError(f"rule {rule.name!r} needs an output block with aux_dim={rule.aux_dim}")
         generator = torch.Generator().manual_seed(feedback_seed)
@@ -64,8 +66,14 @@ class Learner(nn.Module):
         used = {l for l in self.rule.inverse_layers(self.net.depth)}
         return [p for l, b in enumerate(self.net.blocks, 1) if l in used for p in b.inverse_layer.parameters()]
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, phase: str = "both", grad_scale: float = 1.0,
-                noise: dict[int, torch.Tensor] | None = None) -> StepOutput:
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        phase: str = "both",
+        grad_scale: float = 1.0,
+        noise: dict[int, torch.Tensor] | None = None,
+    ) -> StepOutput:
         """phase: 'both' (task + inverse losses), 'forward' (task loss only) or 'inverse'
         (inverse losses only; the forward pass then runs without a graph). `grad_scale` is c,
         the factor the caller applies to `loss` before backward. `noise[l]`: the ε added to
@@ -86,9 +94,14 @@ class Learner(nn.Module):
             loss = sum(inverse.values())
         else:
             loss = task_loss + sum(inverse.values()) if inverse else task_loss
-        return StepOutput(loss=loss, logits=logits.detach(), task_loss=task_loss.detach(),
-                          inverse_losses={l: v.detach() for l, v in inverse.items()}, trace=trace,
-                          hidden=hs[1:])
+        return StepOutput(
+            loss=loss,
+            logits=logits.detach(),
+            task_loss=task_loss.detach(),
+            inverse_losses={l: v.detach() for l, v in inverse.items()},
+            trace=trace,
+            hidden=hs[1:],
+        )
 
     def _propagate(self, x, y, trace):
         feedback, blocks = self.feedback, self.net.blocks
@@ -102,12 +115,28 @@ class Learner(nn.Module):
         return hs, logits
 
 
-def build_learner(arch: str, cfg: RuleConfig, *, seed: int = 0, device=None, dtype: torch.dtype | None = None,
-                  input_shape: tuple[int, ...] | None = None, num_classes: int | None = None) -> Learner:
+def build_learner(
+    arch: str,
+    cfg: RuleConfig,
+    *,
+    seed: int = 0,
+    device=None,
+    dtype: torch.dtype | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
+) -> Learner:
     """Build the network `arch` with exactly what `cfg.rule` needs (inverses, auxiliary output)."""
     rule = build_rule(cfg)
     torch.manual_seed(seed)
-    net = build_network(arch, with_inverses=rule.target_propagation, output_inverse=rule.uses_output_inverse,
-                        aux_dim=rule.aux_dim, aux_seed=cfg.feedback_seed, device=device, dtype=dtype,
-                        input_shape=input_shape, num_classes=num_classes)
+    net = build_network(
+        arch,
+        with_inverses=rule.target_propagation,
+        output_inverse=rule.uses_output_inverse,
+        aux_dim=rule.aux_dim,
+        aux_seed=cfg.feedback_seed,
+        device=device,
+        dtype=dtype,
+        input_shape=input_shape,
+        num_classes=num_classes,
+    )
     return Learner(net, rule, feedback_seed=cfg.feedback_seed)

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import torch
 
-from algorithms.config import AdamConfig, OptimConfig
-from algorithms.learner import Learner, StepOutput
+from bioscale.algorithms.config import AdamConfig, OptimConfig
+from bioscale.algorithms.learner import Learner, StepOutput
 
 
 def _adam(params, cfg: AdamConfig) -> torch.optim.Adam:
     if not cfg.lr > 0:
         raise ValueError(f"learning rate must be > 0, got {cfg.lr}")
-    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                            weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 class Updater:
@@ -53,8 +52,10 @@ class Updater:
         return lrs
 
     def state_dict(self) -> dict:
-        return {"forward": self.forward.state_dict(),
-                "inverse": self.inverse.state_dict() if self.inverse is not None else None}
+        return {
+            "forward": self.forward.state_dict(),
+            "inverse": self.inverse.state_dict() if self.inverse is not None else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.forward.load_state_dict(state["forward"])

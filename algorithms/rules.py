@@ -18,9 +18,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from algorithms.config import INVERSE_LOSSES, RULES, SCHEDULES, RuleConfig
-from algorithms.feedback import DifferenceTarget, DirectFeedback, FeedbackTrace, FixedTopSignal, ScaleGrad
-from models.init import glorot_uniform_
+from bioscale.algorithms.config import INVERSE_LOSSES, RULES, SCHEDULES, RuleConfig
+from bioscale.algorithms.feedback import DifferenceTarget, DirectFeedback, FeedbackTrace, FixedTopSignal, ScaleGrad
+from bioscale.models.init import glorot_uniform_
 
 PHASES = ("both", "forward", "inverse")
 
@@ -51,8 +51,10 @@ class Rule:
         if not self.target_propagation:
             for key in ("schedule", "inverse_loss", "sigma"):
                 if getattr(cfg, key) is not None:
-                    raise ValueError(f"algorithm.{key}={getattr(cfg, key)!r} does not apply to rule {self.name!r} "
-                                     f"(it learns no inverses); remove it")
+                    raise ValueError(
+                        f"algorithm.{key}={getattr(cfg, key)!r} does not apply to rule {self.name!r} "
+                        f"(it learns no inverses); remove it"
+                    )
         if cfg.alpha is not None and self.name != "dtp":
             raise ValueError(f"algorithm.alpha applies to rule 'dtp' only, not {self.name!r}")
         if cfg.aux_dim is not None and self.name != "aosdtp":
@@ -84,7 +86,9 @@ class Rule:
         """Layers l whose inverse g_l is trained (1-based; never the first)."""
         return []
 
-    def inverse_losses(self, net, hs: list[torch.Tensor], noise: dict[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
+    def inverse_losses(
+        self, net, hs: list[torch.Tensor], noise: dict[int, torch.Tensor] | None
+    ) -> dict[int, torch.Tensor]:
         return {}
 
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import submitit
 
-from cluster import slurm_jobs
-from cluster.profile import ClusterProfile
-from cluster.training_job import TrainingJob
-from training.config import ConfigError, ExperimentConfig, load_config
+from bioscale.cluster import slurm_jobs
+from bioscale.cluster.profile import ClusterProfile
+from bioscale.cluster.training_job import TrainingJob
+from bioscale.training.config import ConfigError, ExperimentConfig, load_config
 
 JOBS_FILE = "jobs.jsonl"
 
@@ -34,6 +34,7 @@ class SubmissionError(RuntimeError):
 
 
 # ------------------------------------------------------------ before submission
+
 
 def build_config(config_path: str | None, overrides: Sequence[str], data: str, run_dir: Path) -> ExperimentConfig:
     """The merged config of one run, checked as far as possible on this node
@@ -45,9 +46,9 @@ def build_config(config_path: str | None, overrides: Sequence[str], data: str, r
 
 
 def check_experiment(cfg: ExperimentConfig) -> None:
-    from algorithms import build_rule
-    from data_pipeline import DataError, open_split
-    from models.architectures import get_arch
+    from bioscale.algorithms import build_rule
+    from bioscale.data_pipeline import DataError, open_split
+    from bioscale.models.architectures import get_arch
 
     try:
         build_rule(cfg.algorithm)
@@ -55,8 +56,10 @@ def check_experiment(cfg: ExperimentConfig) -> None:
     except ValueError as exc:
         raise ConfigError(f"config: {exc}") from None
     if "val" not in cfg.train.eval_splits:
-        raise ConfigError("config: train.eval_splits must include val: model selection (result.json) and "
-                          "sweep ranking read the validation error")
+        raise ConfigError(
+            "config: train.eval_splits must include val: model selection (result.json) and "
+            "sweep ranking read the validation error"
+        )
     root = Path(cfg.data.path)
     for split in ("train", *cfg.train.eval_splits):
         try:
@@ -67,19 +70,28 @@ def check_experiment(cfg: ExperimentConfig) -> None:
 
 # ------------------------------------------------------------------ executors
 
-def make_executor(log_dir: Path, profile: ClusterProfile, *, local: bool, job_name: str,
-                  max_parallel: int | None = None) -> submitit.AutoExecutor:
+
+def make_executor(
+    log_dir: Path, profile: ClusterProfile, *, local: bool, job_name: str, max_parallel: int | None = None
+) -> submitit.AutoExecutor:
     """A submitit executor writing `%j` logs into `log_dir`; `local` runs the
     same job as local processes (no SLURM)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     if local:
         ex = submitit.AutoExecutor(folder=log_dir, cluster="local")
-        ex.update_parameters(name=job_name, timeout_min=profile.timeout_min, tasks_per_node=profile.tasks,
-                             nodes=1, gpus_per_node=profile.gpus_per_node)
+        ex.update_parameters(
+            name=job_name,
+            timeout_min=profile.timeout_min,
+            tasks_per_node=profile.tasks,
+            nodes=1,
+            gpus_per_node=profile.gpus_per_node,
+        )
         return ex
     if not slurm_jobs.slurm_available():
-        raise SubmissionError("sbatch not found: this is not a SLURM login node (use --local to run here, or "
-                              "cluster/local_slurm.sh up for a single-node SLURM)")
+        raise SubmissionError(
+            "sbatch not found: this is not a SLURM login node (use --local to run here, or "
+            "cluster/local_slurm.sh up for a single-node SLURM)"
+        )
     ex = submitit.AutoExecutor(folder=log_dir, cluster="slurm", slurm_max_num_timeout=profile.max_num_timeout)
     params = profile.executor_parameters()
     if max_parallel:
@@ -109,10 +121,16 @@ def _sbatch_words(text: str) -> str:
 
 # -------------------------------------------------------------- job records
 
+
 def record_job(run_dir: Path, job_id: str, log_dir: Path, cluster: str, **extra: Any) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    entry = {"job_id": job_id, "cluster": cluster, "log_dir": str(log_dir),
-             "submitted": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
+    entry = {
+        "job_id": job_id,
+        "cluster": cluster,
+        "log_dir": str(log_dir),
+        "submitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
     with open(run_dir / JOBS_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(entry) + "\n")
 
@@ -136,14 +154,16 @@ def active_job(run_dir: Path) -> str | None:
 
 # ------------------------------------------------------------------- launch
 
+
 def launch(cfg: ExperimentConfig, profile: ClusterProfile, *, local: bool = False) -> submitit.Job:
     """Submit one validated run; returns the submitit job."""
     run_dir = Path(cfg.out)
     if not local:
         busy = active_job(run_dir)
         if busy:
-            raise SubmissionError(f"{run_dir} is already being trained by job {busy}; wait for it or "
-                                  f"`scancel {busy}` first")
+            raise SubmissionError(
+                f"{run_dir} is already being trained by job {busy}; wait for it or `scancel {busy}` first"
+            )
     log_dir = run_dir / "logs"
     ex = make_executor(log_dir, profile, local=local, job_name=f"bioscale-{cfg.name}")
     (job,) = submit(ex, [TrainingJob(cfg.to_dict(), label=cfg.name)])
@@ -151,8 +171,9 @@ def launch(cfg: ExperimentConfig, profile: ClusterProfile, *, local: bool = Fals
     return job
 
 
-def wait_for(job_ids: Sequence[str], poll_s: float = 10.0,
-             timeout_s: float | None = None) -> dict[str, slurm_jobs.JobState]:
+def wait_for(
+    job_ids: Sequence[str], poll_s: float = 10.0, timeout_s: float | None = None
+) -> dict[str, slurm_jobs.JobState]:
     """Poll SLURM until no job in `job_ids` is active (a requeued job counts as
     active). A job unknown to both squeue and sacct right after submission is
     waited for too, for a while."""
@@ -163,8 +184,10 @@ def wait_for(job_ids: Sequence[str], poll_s: float = 10.0,
         if not any(s.active or (s.state == "UNKNOWN" and unknown_grace) for s in states.values()):
             return states
         if timeout_s is not None and time.monotonic() - start > timeout_s:
-            raise TimeoutError(f"jobs still active after {timeout_s:.0f} s: "
-                               + ", ".join(f"{j} {s.state}" for j, s in states.items() if s.active))
+            raise TimeoutError(
+                f"jobs still active after {timeout_s:.0f} s: "
+                + ", ".join(f"{j} {s.state}" for j, s in states.items() if s.active)
+            )
         time.sleep(poll_s)
 
 

@@ -107,11 +107,14 @@ class ClusterProfile:
         return params
 
     def describe(self) -> str:
-        where = " ".join(f"{k}={getattr(self, k)}" for k in ("partition", "account", "qos", "constraint")
-                         if getattr(self, k))
+        where = " ".join(
+            f"{k}={getattr(self, k)}" for k in ("partition", "account", "qos", "constraint") if getattr(self, k)
+        )
         gpus = f", {self.gpus_per_node} GPU(s)/node" if self.gpus_per_node else ""
-        return (f"{self.nodes} node(s) × {self.tasks} task(s){gpus}, {self.cpus_per_task} CPU(s)/task, "
-                f"{self.timeout_min} min{', ' + where if where else ''} [{self.source}]")
+        return (
+            f"{self.nodes} node(s) × {self.tasks} task(s){gpus}, {self.cpus_per_task} CPU(s)/task, "
+            f"{self.timeout_min} min{', ' + where if where else ''} [{self.source}]"
+        )
 
 
 def _field_names() -> set[str]:
@@ -134,8 +137,10 @@ def resolve_profile_path(name: str | None) -> Path:
         known = available_profiles()
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ProfileError(f"unknown cluster profile {name!r}{hint}; known: {', '.join(known)} "
-                           f"(in {PROFILE_DIR}), or pass a path to a YAML file")
+        raise ProfileError(
+            f"unknown cluster profile {name!r}{hint}; known: {', '.join(known)} "
+            f"(in {PROFILE_DIR}), or pass a path to a YAML file"
+        )
     return path
 
 
@@ -165,8 +170,12 @@ def load_profile(name: str | None = None, **overrides: Any) -> ClusterProfile:
 def _check_type(path: Path, key: str, value: Any, annotation: str) -> None:
     # The annotations are strings (postponed evaluation); a small table suffices.
     expected: tuple[type, ...] = {
-        "str": (str,), "str | None": (str, type(None)), "int": (int,), "float | None": (int, float, type(None)),
-        "list[str]": (list,), "dict[str, Any]": (dict,),
+        "str": (str,),
+        "str | None": (str, type(None)),
+        "int": (int,),
+        "float | None": (int, float, type(None)),
+        "list[str]": (list,),
+        "dict[str, Any]": (dict,),
     }[annotation]
     if isinstance(value, bool) or not isinstance(value, expected):
         raise ProfileError(f"{path}: {key}: expected {annotation}, got {type(value).__name__} {value!r}")

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from training.config import ConfigError
+from bioscale.training.config import ConfigError
 
 TP_RULES = ("dtp", "sdtp", "aosdtp")
 DISTRIBUTIONS = ("log_uniform", "uniform", "choice")
@@ -79,8 +79,10 @@ def _check_distribution(source: str, key: str, dist: Any) -> None:
     if not isinstance(dist, dict):
         return  # a constant
     if len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
-        raise ConfigError(f"{source}: {key}: a distribution is one of {{log_uniform: [lo, hi]}}, "
-                          f"{{uniform: [lo, hi]}}, {{choice: [a, b, ...]}}; got {dist!r}")
+        raise ConfigError(
+            f"{source}: {key}: a distribution is one of {{log_uniform: [lo, hi]}}, "
+            f"{{uniform: [lo, hi]}}, {{choice: [a, b, ...]}}; got {dist!r}"
+        )
     kind, args = next(iter(dist.items()))
     if not isinstance(args, list) or not args:
         raise ConfigError(f"{source}: {key}: {kind} needs a list, got {args!r}")
@@ -119,5 +121,7 @@ def sample(space: dict[str, Any], seed: int, trial: int) -> dict[str, Any]:
 
 def as_overrides(values: dict[str, Any]) -> list[str]:
     """{key: value} -> ['key=value', ...] in the form `load_config` parses back exactly."""
-    return [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-            for key, value in values.items()]
+    return [
+        f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+        for key, value in values.items()
+    ]

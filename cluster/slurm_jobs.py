@@ -18,8 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # States after which SLURM will not run the job again by itself.
-FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
-         "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT"}
+FINAL = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+    "REVOKED",
+    "SPECIAL_EXIT",
+}
 FAILED = FINAL - {"COMPLETED"}
 
 
@@ -55,8 +66,10 @@ def _run(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError:
-        raise SlurmError(f"{cmd[0]} not found: is this a SLURM login node? (cluster/local_slurm.sh up "
-                         f"starts a single-node SLURM here)") from None
+        raise SlurmError(
+            f"{cmd[0]} not found: is this a SLURM login node? (cluster/local_slurm.sh up "
+            f"starts a single-node SLURM here)"
+        ) from None
     except subprocess.TimeoutExpired:
         raise SlurmError(f"{' '.join(cmd)} did not answer within {timeout:.0f} s (slurmctld down?)") from None
 

@@ -37,12 +37,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cluster import launcher, slurm_jobs
-from cluster.profile import ClusterProfile
-from cluster.search_space import as_overrides, load_space, sample
-from cluster.training_job import TrainingJob
-from training.atomic_files import atomic_write_text
-from training.config import ConfigError, ExperimentConfig, load_config
+from bioscale.cluster import launcher, slurm_jobs
+from bioscale.cluster.profile import ClusterProfile
+from bioscale.cluster.search_space import as_overrides, load_space, sample
+from bioscale.cluster.training_job import TrainingJob
+from bioscale.training.atomic_files import atomic_write_text
+from bioscale.training.config import ConfigError, ExperimentConfig, load_config
 
 log = logging.getLogger("bioscale.sweep")
 SPEC_FILE, PRUNING_FILE, TRIAL_FILE = "sweep.json", "pruning.json", "trial.json"
@@ -53,6 +53,7 @@ UNKNOWN_GRACE_S = 300  # a job neither squeue nor sacct knows after this long is
 @dataclass
 class SweepSpec:
     """What defines a sweep; stored in sweep.json at the first run."""
+
     config: str | None
     overrides: list[str]
     data: str
@@ -76,8 +77,9 @@ class SweepSpec:
             raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
         if self.prune_after_epochs is not None:
             if not 1 <= self.prune_after_epochs < self.epochs:
-                raise ConfigError(f"--prune-after-epochs must be in [1, epochs={self.epochs}), "
-                                  f"got {self.prune_after_epochs}")
+                raise ConfigError(
+                    f"--prune-after-epochs must be in [1, epochs={self.epochs}), got {self.prune_after_epochs}"
+                )
             if not 1 <= self.keep:
                 raise ConfigError(f"--keep must be >= 1, got {self.keep}")
 
@@ -130,14 +132,17 @@ class Sweep:
         stored = SweepSpec(**json.loads(stored_path.read_text())) if stored_path.exists() else None
         if spec is None:
             if stored is None:
-                raise ConfigError(f"{root} holds no sweep ({SPEC_FILE} missing); pass --config/--trials/--space "
-                                  "to start one")
+                raise ConfigError(
+                    f"{root} holds no sweep ({SPEC_FILE} missing); pass --config/--trials/--space to start one"
+                )
             return cls(root, stored)
         if stored is not None:
             diffs = _differences(asdict(stored), asdict(spec))
             if diffs:
-                raise ConfigError(f"{root} holds a different sweep ({'; '.join(diffs)}); use another --out, "
-                                  f"or run `bioscale sweep --out {root}` to continue the stored one")
+                raise ConfigError(
+                    f"{root} holds a different sweep ({'; '.join(diffs)}); use another --out, "
+                    f"or run `bioscale sweep --out {root}` to continue the stored one"
+                )
             return cls(root, stored)
         sweep = cls(root, spec)
         root.mkdir(parents=True, exist_ok=True)
@@ -147,10 +152,11 @@ class Sweep:
         except ConfigError:
             (root / BASE_CONFIG_FILE).unlink()
             raise
-        for i, cfg in enumerate(configs):
+        for i in range(len(configs)):
             sweep.trial_dir(i).mkdir(parents=True, exist_ok=True)
-            atomic_write_text(sweep.trial_dir(i) / TRIAL_FILE,
-                              json.dumps({"trial": i, "params": sweep.params(i)}, indent=1) + "\n")
+            atomic_write_text(
+                sweep.trial_dir(i) / TRIAL_FILE, json.dumps({"trial": i, "params": sweep.params(i)}, indent=1) + "\n"
+            )
         atomic_write_text(stored_path, json.dumps(asdict(spec), indent=1) + "\n")
         return sweep
 
@@ -165,8 +171,9 @@ class Sweep:
         name = f"{self.spec.name}-t{i:03d}"
         overrides = [*as_overrides(self.params(i)), f"train.epochs={epochs}", f"name={name}"]
         try:
-            return launcher.build_config(str(self.root / BASE_CONFIG_FILE), overrides, self.spec.data,
-                                         self.trial_dir(i))
+            return launcher.build_config(
+                str(self.root / BASE_CONFIG_FILE), overrides, self.spec.data, self.trial_dir(i)
+            )
         except ConfigError as exc:
             raise ConfigError(f"trial {i} ({', '.join(as_overrides(self.params(i)))}): {exc}") from None
 
@@ -223,8 +230,12 @@ class Sweep:
             if all(s.state in ("finished", "failed", "stopped") for s in status) and not self._retryable(status):
                 self._decide_pruning(status)
                 status = self.status(with_logs=False)
-        due = [s for s in status if s.state == "new" or (s.state in ("failed", "stopped") and
-                                                           (s.trial, s.target_epochs) not in self.attempted)]
+        due = [
+            s
+            for s in status
+            if s.state == "new"
+            or (s.state in ("failed", "stopped") and (s.trial, s.target_epochs) not in self.attempted)
+        ]
         winners = self.winners()
         if self.spec.pruning and winners is not None:
             due = [s for s in due if s.trial in winners]  # the decision is final: losers never run again
@@ -233,38 +244,58 @@ class Sweep:
         return self._submit(due, profile, max_parallel)
 
     def _retryable(self, status: list[TrialStatus]) -> bool:
-        return any(s.state in ("failed", "stopped") and (s.trial, s.target_epochs) not in self.attempted
-                   for s in status)
+        return any(
+            s.state in ("failed", "stopped") and (s.trial, s.target_epochs) not in self.attempted for s in status
+        )
 
     def _decide_pruning(self, status: list[TrialStatus]) -> None:
-        ranked = sorted((s for s in status if s.state == "finished" and s.val_top1_err is not None),
-                        key=lambda s: (error_sort_key(s.val_top1_err), s.trial))
+        ranked = sorted(
+            (s for s in status if s.state == "finished" and s.val_top1_err is not None),
+            key=lambda s: (error_sort_key(s.val_top1_err), s.trial),
+        )
         keep = [s.trial for s in ranked[: self.spec.keep]]
         pruned = [s.trial for s in status if s.trial not in keep]
-        active = [s.job_id for s in status if s.trial in pruned and s.job_id and s.state in
-                  ("pending", "running", "requeued")]
+        active = [
+            s.job_id for s in status if s.trial in pruned and s.job_id and s.state in ("pending", "running", "requeued")
+        ]
         slurm_jobs.cancel(active)  # losers get no more compute
-        decision = {"after_epochs": self.spec.first_stage_epochs, "keep": keep, "pruned": pruned,
-                    "ranking": [{"trial": s.trial, "val_top1_err": s.val_top1_err} for s in ranked],
-                    "decided": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        decision = {
+            "after_epochs": self.spec.first_stage_epochs,
+            "keep": keep,
+            "pruned": pruned,
+            "ranking": [{"trial": s.trial, "val_top1_err": s.val_top1_err} for s in ranked],
+            "decided": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         atomic_write_text(self.root / PRUNING_FILE, json.dumps(decision, indent=1) + "\n")
-        log.info("pruning after %d epoch(s): continuing trials %s, pruned %s", self.spec.first_stage_epochs,
-                 keep, pruned)
+        log.info(
+            "pruning after %d epoch(s): continuing trials %s, pruned %s", self.spec.first_stage_epochs, keep, pruned
+        )
 
     def _submit(self, due: list[TrialStatus], profile: ClusterProfile, max_parallel: int | None) -> list[str]:
-        jobs = [TrainingJob(self._build_trial_config(s.trial, s.target_epochs).to_dict(),
-                            label=f"{self.spec.name} trial {s.trial}") for s in due]
+        jobs = [
+            TrainingJob(
+                self._build_trial_config(s.trial, s.target_epochs).to_dict(), label=f"{self.spec.name} trial {s.trial}"
+            )
+            for s in due
+        ]
         log_dir = self.root / "logs"
-        ex = launcher.make_executor(log_dir, profile, local=False, job_name=f"bioscale-sweep-{self.spec.name}",
-                                    max_parallel=max_parallel)
+        ex = launcher.make_executor(
+            log_dir, profile, local=False, job_name=f"bioscale-sweep-{self.spec.name}", max_parallel=max_parallel
+        )
         submitted = launcher.submit(ex, jobs)
         for s, job in zip(due, submitted):
-            launcher.record_job(self.trial_dir(s.trial), job.job_id, log_dir, "slurm", epochs=s.target_epochs,
-                                trial=s.trial)
+            launcher.record_job(
+                self.trial_dir(s.trial), job.job_id, log_dir, "slurm", epochs=s.target_epochs, trial=s.trial
+            )
             self.attempted.add((s.trial, s.target_epochs))
         ids = [j.job_id for j in submitted]
-        log.info("submitted %d trial(s) %s to %d epoch(s): job(s) %s", len(due), [s.trial for s in due],
-                 due[0].target_epochs, ", ".join(ids))
+        log.info(
+            "submitted %d trial(s) %s to %d epoch(s): job(s) %s",
+            len(due),
+            [s.trial for s in due],
+            due[0].target_epochs,
+            ", ".join(ids),
+        )
         return ids
 
     def complete(self, status: list[TrialStatus]) -> bool:
@@ -311,7 +342,8 @@ class SweepLock:
             fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._f.seek(0)
-            raise ConfigError(f"another `bioscale sweep` is driving {self.path.parent} (pid {self._f.read().strip()})")
+            pid = self._f.read().strip()
+            raise ConfigError(f"another `bioscale sweep` is driving {self.path.parent} (pid {pid})") from None
         self._f.seek(0)
         self._f.truncate()
         self._f.write(str(os.getpid()))
@@ -323,8 +355,9 @@ class SweepLock:
         self._f.close()
 
 
-def run_sweep(sweep: Sweep, profile: ClusterProfile, *, max_parallel: int | None, wait: bool,
-              poll_s: float = 15.0, on_change=None) -> list[TrialStatus]:
+def run_sweep(
+    sweep: Sweep, profile: ClusterProfile, *, max_parallel: int | None, wait: bool, poll_s: float = 15.0, on_change=None
+) -> list[TrialStatus]:
     """Drive the sweep: submit what is due, and with `wait` keep polling until
     every trial is finished or pruned, or nothing more can run (failures).
     `on_change(status)` is called whenever a trial changes state."""
@@ -343,15 +376,34 @@ def run_sweep(sweep: Sweep, profile: ClusterProfile, *, max_parallel: int | None
             time.sleep(poll_s)
 
 
-def make_spec(config: str | None, overrides: list[str], data: str, space: str, trials: int, seed: int,
-              epochs: int | None, prune_after_epochs: int | None, keep: int, name: str | None) -> SweepSpec:
+def make_spec(
+    config: str | None,
+    overrides: list[str],
+    data: str,
+    space: str,
+    trials: int,
+    seed: int,
+    epochs: int | None,
+    prune_after_epochs: int | None,
+    keep: int,
+    name: str | None,
+) -> SweepSpec:
     """A new sweep's spec from command-line values (paths made absolute)."""
     base = load_config(config, overrides)
     resolved_space = load_space(space, base.algorithm.rule)
     base_dict = base.to_dict()
     base_dict["data"]["path"], base_dict["out"] = None, None  # set per trial
-    return SweepSpec(config=str(Path(config).resolve()) if config else None, overrides=list(overrides),
-                     data=str(Path(data).resolve()), space=resolved_space,
-                     space_source=space if space == "paper" else str(Path(space).resolve()), trials=trials,
-                     seed=seed, epochs=epochs or base.train.epochs, prune_after_epochs=prune_after_epochs,
-                     keep=keep, name=name or base.name, base_config=base_dict)
+    return SweepSpec(
+        config=str(Path(config).resolve()) if config else None,
+        overrides=list(overrides),
+        data=str(Path(data).resolve()),
+        space=resolved_space,
+        space_source=space if space == "paper" else str(Path(space).resolve()),
+        trials=trials,
+        seed=seed,
+        epochs=epochs or base.train.epochs,
+        prune_after_epochs=prune_after_epochs,
+        keep=keep,
+        name=name or base.name,
+        base_config=base_dict,
+    )

@@ -13,8 +13,8 @@ import io
 from pathlib import Path
 from typing import Any
 
-from cluster.sweep import Sweep, TrialStatus, error_sort_key
-from training.atomic_files import atomic_write_text
+from bioscale.cluster.sweep import Sweep, TrialStatus, error_sort_key
+from bioscale.training.atomic_files import atomic_write_text
 
 
 def short_name(key: str) -> str:
@@ -44,9 +44,19 @@ def rows(sweep: Sweep, status: list[TrialStatus]) -> tuple[list[str], list[list[
     header = ["rank", "trial", "state", "epochs", "val_top1_%", "test_top1_%", *map(short_name, keys), "job", "exit"]
     body = []
     for rank, s in ranked(sweep, status):
-        body.append([str(rank) if rank else "-", f"t{s.trial:03d}", s.state, f"{s.epochs_done}/{s.target_epochs}",
-                     _pct(s.val_top1_err), _pct(s.test_top1_err), *(_fmt(s.params.get(k)) for k in keys),
-                     s.job_id or "", s.exit_code if s.state in ("failed", "stopped") else ""])
+        body.append(
+            [
+                str(rank) if rank else "-",
+                f"t{s.trial:03d}",
+                s.state,
+                f"{s.epochs_done}/{s.target_epochs}",
+                _pct(s.val_top1_err),
+                _pct(s.test_top1_err),
+                *(_fmt(s.params.get(k)) for k in keys),
+                s.job_id or "",
+                s.exit_code if s.state in ("failed", "stopped") else "",
+            ]
+        )
     return header, body
 
 
@@ -67,18 +77,23 @@ def summary(sweep: Sweep, status: list[TrialStatus]) -> str:
     for s in status:
         counts[s.state] = counts.get(s.state, 0) + 1
     spec = sweep.spec
-    prune = (f", pruned after {spec.prune_after_epochs} epoch(s) keeping {spec.keep}" if spec.pruning else "")
+    prune = f", pruned after {spec.prune_after_epochs} epoch(s) keeping {spec.keep}" if spec.pruning else ""
     states = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    return (f"sweep {spec.name}: {spec.trials} trials, {spec.epochs} epoch(s){prune}, space {spec.space_source}, "
-            f"seed {spec.seed} — {states}")
+    return (
+        f"sweep {spec.name}: {spec.trials} trials, {spec.epochs} epoch(s){prune}, space {spec.space_source}, "
+        f"seed {spec.seed} — {states}"
+    )
 
 
 def failure_details(status: list[TrialStatus]) -> str:
     parts = []
     for s in status:
         if s.state in ("failed", "stopped"):
-            why = (f"SLURM state {s.slurm_state}, exit code {s.exit_code or '?'}" if s.state == "failed" else
-                   f"job ended ({s.slurm_state}) after {s.epochs_done} of {s.target_epochs} epochs")
+            why = (
+                f"SLURM state {s.slurm_state}, exit code {s.exit_code or '?'}"
+                if s.state == "failed"
+                else f"job ended ({s.slurm_state}) after {s.epochs_done} of {s.target_epochs} epochs"
+            )
             tail = "\n".join("    " + ln for ln in (s.stderr_tail or "(no stderr log)").splitlines())
             parts.append(f"trial t{s.trial:03d} {s.state}: job {s.job_id}, {why}; stderr tail:\n{tail}")
     return "\n\n".join(parts)

@@ -47,12 +47,15 @@ class TrainingJob(submitit.helpers.Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # No weights here (see the module docstring): resubmit the same callable;
         # on restart the trainer resumes from the newest periodic checkpoint.
-        from training.checkpoint import CheckpointManager
+        from bioscale.training.checkpoint import CheckpointManager
 
         records = CheckpointManager(self.config["out"]).records()  # reads the marker only, no weights
         marker = f"step {records[-1].step}" if records else "none yet (the run restarts from step 0)"
-        log.warning("%s: preempted or timed out; requeueing, will resume from the last periodic checkpoint, %s",
-                    self.label, marker)
+        log.warning(
+            "%s: preempted or timed out; requeueing, will resume from the last periodic checkpoint, %s",
+            self.label,
+            marker,
+        )
         return super().checkpoint(*args, **kwargs)
 
 
@@ -77,9 +80,14 @@ def _export_local_rendezvous(job_env: Any) -> None:
     """The local executor starts N processes without SLURM variables: give
     `distributed/` the env:// variables it reads for torchrun. All tasks share
     the job id (the local job's pid), hence the port."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(20000 + int(job_env.job_id) % 20000),
-                      RANK=str(job_env.global_rank), WORLD_SIZE=str(job_env.num_tasks),
-                      LOCAL_RANK=str(job_env.local_rank), LOCAL_WORLD_SIZE=str(job_env.num_tasks))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(20000 + int(job_env.job_id) % 20000),
+        RANK=str(job_env.global_rank),
+        WORLD_SIZE=str(job_env.num_tasks),
+        LOCAL_RANK=str(job_env.local_rank),
+        LOCAL_WORLD_SIZE=str(job_env.num_tasks),
+    )
 
 
 def _limit_threads() -> None:
@@ -91,17 +99,27 @@ def _limit_threads() -> None:
 
 
 def _train(config: dict[str, Any], job_env: Any, label: str) -> dict[str, Any]:
-    from distributed import read_environment, shutdown
-    from training.config import ConfigError, ExperimentConfig
-    from training.divergence import DivergenceError
-    from training.trainer import Trainer
+    from bioscale.distributed import read_environment, shutdown
+    from bioscale.training.config import ConfigError, ExperimentConfig
+    from bioscale.training.divergence import DivergenceError
+    from bioscale.training.trainer import Trainer
 
     env = read_environment()
-    logging.basicConfig(level=logging.INFO if env.rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {env.rank}] %(message)s", datefmt="%H:%M:%S", force=True)
+    logging.basicConfig(
+        level=logging.INFO if env.rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank {env.rank}] %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
     if env.rank == 0:
-        log.info("%s: job %s, %d task(s), restart %d, run directory %s", label, job_env.job_id,
-                 env.world_size, env.restart_count, config["out"])
+        log.info(
+            "%s: job %s, %d task(s), restart %d, run directory %s",
+            label,
+            job_env.job_id,
+            env.world_size,
+            env.restart_count,
+            config["out"],
+        )
     cfg = ExperimentConfig.from_dict(config, source=f"{label} (submitted config)")
     try:
         result = Trainer(cfg).fit()

@@ -1,6 +1,6 @@
 """bioscale's data pipeline: shard preparation, verification and readers.
 
-    from data_pipeline import SplitInfo, open_split, build_reader
+    from bioscale.data_pipeline import SplitInfo, open_split, build_reader
     info = open_split("DIR/train")
     reader = build_reader("DIR/train", kind="dali" | "wds" | "auto", train=True, batch_size=128,
                           rank=0, world_size=1, seed=0, augment="auto", image_size=None,

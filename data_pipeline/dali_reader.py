@@ -35,7 +35,7 @@ class _Feeder:
     """Prepares batch j (bytes, crop boxes, flips, labels) once and hands it
     to DALI in order, skipping batches left with no samples."""
 
-    def __init__(self, reader: "DaliReader", plan: EpochPlan, start: int, excluded: set[int]):
+    def __init__(self, reader: DaliReader, plan: EpochPlan, start: int, excluded: set[int]):
         self.reader, self.plan, self.excluded = reader, plan, excluded
         self.cache: dict[int, dict] = {}
         self.next_batch = start
@@ -108,24 +108,42 @@ class DaliReader(Reader):
         decoder = "mixed" if gpu else "cpu"
         color = types.GRAY if t.channels == 1 else types.RGB
 
-        @pipeline_def(batch_size=self.batch_size, num_threads=max(1, self.num_workers),
-                      device_id=self._device_id() if gpu else None, prefetch_queue_depth=PREFETCH,
-                      seed=self.seed)
+        @pipeline_def(
+            batch_size=self.batch_size,
+            num_threads=max(1, self.num_workers),
+            device_id=self._device_id() if gpu else None,
+            prefetch_queue_depth=PREFETCH,
+            seed=self.seed,
+        )
         def pipeline():
             outputs = {"crop": 4, "resize": 4, "padcrop": 3, "none": 1}[t.mode]
             inputs = fn.external_source(source=feeder, num_outputs=outputs, batch=True, batch_info=True)
             data, flip = inputs[0], (inputs[-1] if outputs > 1 else 0)
             if t.mode in ("crop", "resize"):
-                images = fn.decoders.image_slice(data, inputs[1], inputs[2], normalized_anchor=False,
-                                                 normalized_shape=False, output_type=color, device=decoder)
+                images = fn.decoders.image_slice(
+                    data,
+                    inputs[1],
+                    inputs[2],
+                    normalized_anchor=False,
+                    normalized_shape=False,
+                    output_type=color,
+                    device=decoder,
+                )
                 images = fn.resize(images, size=[t.size, t.size], antialias=True)
             else:
                 images = fn.decoders.image(data, output_type=color, device=decoder)
                 if t.mode == "padcrop":
-                    images = fn.slice(images, start=inputs[1], shape=[t.size, t.size],
-                                      out_of_bounds_policy="pad", fill_values=0)
-            return fn.crop_mirror_normalize(images, mirror=flip, dtype=types.FLOAT, output_layout="CHW",
-                                            mean=[m * 255 for m in t.mean], std=[s * 255 for s in t.std])
+                    images = fn.slice(
+                        images, start=inputs[1], shape=[t.size, t.size], out_of_bounds_policy="pad", fill_values=0
+                    )
+            return fn.crop_mirror_normalize(
+                images,
+                mirror=flip,
+                dtype=types.FLOAT,
+                output_layout="CHW",
+                mean=[m * 255 for m in t.mean],
+                std=[s * 255 for s in t.std],
+            )
 
         pipe = pipeline()
         pipe.build()
@@ -183,8 +201,10 @@ class DaliReader(Reader):
                 bad = self._locate(feeder, j)
                 if not bad:
                     members = [self.index.member(i) for i in feeder.prepare(j)["ids"][:1]]
-                    raise DataError(f"DALI failed on batch {j} of epoch {plan.epoch} (PIL decodes all of it; "
-                                    f"first sample {members or 'none'}): {exc}") from exc
+                    raise DataError(
+                        f"DALI failed on batch {j} of epoch {plan.epoch} (PIL decodes all of it; "
+                        f"first sample {members or 'none'}): {exc}"
+                    ) from exc
                 if self.on_error != "skip":
                     raise DataError(bad[0][1]) from None
                 self._skip([problem for _, problem in bad])

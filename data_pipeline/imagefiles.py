@@ -85,13 +85,17 @@ def normalise_image(data: bytes, name: str, *, jpeg_only: bool, max_side: int | 
 
 
 def _images_under(directory: Path, base: Path) -> list[str]:
-    files = [p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-             and not p.name.startswith(".")]
+    files = [
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    ]
     return sorted(p.relative_to(base).as_posix() for p in files)
 
 
-def list_class_tree(directory: Path, base: Path, classes: list[str] | None, skip_bad: bool,
-                    skipped: list[dict]) -> tuple[list[str], SourceSplit]:
+def list_class_tree(
+    directory: Path, base: Path, classes: list[str] | None, skip_bad: bool, skipped: list[dict]
+) -> tuple[list[str], SourceSplit]:
     """List `directory/<class>/**/<image>`. With `classes` given (a test split),
     labels follow that list; otherwise the sorted class directories define it.
     An empty class is an error, or with skip_bad dropped and reported."""
@@ -172,7 +176,9 @@ def _imagenet_val(base: Path, src: Path, classes: list[str], skip_bad: bool, ski
     elif devkit:
         wnids = _val_labels_from_devkit(devkit)
     else:
-        raise DataError(f"{val}: flat validation images need LOC_val_solution.csv or ILSVRC2012_devkit_t12/ next to them")
+        raise DataError(
+            f"{val}: flat validation images need LOC_val_solution.csv or ILSVRC2012_devkit_t12/ next to them"
+        )
     lookup = {c: i for i, c in enumerate(classes)}
     ids, labels = [], []
     for rel in _images_under(val, base):
@@ -206,7 +212,12 @@ def open_file_source(dataset: str, root: Path, *, max_side: int | None, skip_bad
         test_dir = next((root / n for n in ("test", "val") if train_dir != root and (root / n).is_dir()), None)
         if test_dir is not None:
             splits["test"] = list_class_tree(test_dir, base, classes, skip_bad, skipped)[1]
-    image = {"format": "jpeg" if dataset == "imagenet" else "jpeg/png", "mode": "RGB", "channels": 3,
-             "max_side": max_side}
-    return FileSource(dataset, base, classes, 3, image, splits, skipped,
-                      jpeg_only=dataset == "imagenet", max_side=max_side)
+    image = {
+        "format": "jpeg" if dataset == "imagenet" else "jpeg/png",
+        "mode": "RGB",
+        "channels": 3,
+        "max_side": max_side,
+    }
+    return FileSource(
+        dataset, base, classes, 3, image, splits, skipped, jpeg_only=dataset == "imagenet", max_side=max_side
+    )

@@ -73,7 +73,9 @@ def load_manifest(path: str | os.PathLike) -> dict:
         manifest = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{mpath}: manifest is not valid JSON: {exc}") from None
-    missing = [k for k in ("format", "dataset", "split", "num_samples", "classes", "shards", "image") if k not in manifest]
+    missing = [
+        k for k in ("format", "dataset", "split", "num_samples", "classes", "shards", "image") if k not in manifest
+    ]
     if missing or manifest.get("format") != FORMAT:
         raise DataError(f"{mpath}: not a {FORMAT} manifest (missing {missing or 'format'})")
     return manifest

@@ -31,8 +31,9 @@ from .transforms import NUM_DRAWS
 
 
 class EpochPlan:
-    def __init__(self, num_samples: int, *, train: bool, batch_size: int, rank: int, world_size: int,
-                 seed: int, epoch: int):
+    def __init__(
+        self, num_samples: int, *, train: bool, batch_size: int, rank: int, world_size: int, seed: int, epoch: int
+    ):
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
         if not 0 <= rank < world_size:

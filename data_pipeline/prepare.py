@@ -68,8 +68,9 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def plan_splits(source: Source, *, seed: int, val_size: int, shard_size: int,
-                max_side: int | None) -> dict[str, tuple[str, np.ndarray, list[ShardTask]]]:
+def plan_splits(
+    source: Source, *, seed: int, val_size: int, shard_size: int, max_side: int | None
+) -> dict[str, tuple[str, np.ndarray, list[ShardTask]]]:
     """{output split: (source split, item order, shard tasks)}."""
     train = source.splits["train"]
     listing = _digest([train.ids, train.labels.tolist()])
@@ -82,11 +83,23 @@ def plan_splits(source: Source, *, seed: int, val_size: int, shard_size: int,
     plans = {}
     for split, (source_split, items) in splits.items():
         src = source.splits[source_split]
-        plan = _digest({"format": FORMAT, "dataset": source.dataset, "split": split, "seed": seed,
-                        "val_size": val_size, "shard_size": shard_size, "max_side": max_side,
-                        "train_listing": listing, "listing": _digest([src.ids, src.labels.tolist()])})
-        tasks = [ShardTask(split, f"{split}-{k:06d}", source_split, tuple(int(i) for i in items[s : s + shard_size]), plan)
-                 for k, s in enumerate(range(0, len(items), shard_size))]
+        plan = _digest(
+            {
+                "format": FORMAT,
+                "dataset": source.dataset,
+                "split": split,
+                "seed": seed,
+                "val_size": val_size,
+                "shard_size": shard_size,
+                "max_side": max_side,
+                "train_listing": listing,
+                "listing": _digest([src.ids, src.labels.tolist()]),
+            }
+        )
+        tasks = [
+            ShardTask(split, f"{split}-{k:06d}", source_split, tuple(int(i) for i in items[s : s + shard_size]), plan)
+            for k, s in enumerate(range(0, len(items), shard_size))
+        ]
         plans[split] = (source_split, items, tasks)
     return plans
 
@@ -121,11 +134,23 @@ def _write_shard(task: ShardTask, out: str) -> dict:
         quirks.update(enc.quirks)
         labels.append(label)
         sizes.append((enc.width, enc.height))
-    record = {"name": f"{task.name}.tar", "index": f"{task.name}.idx", "num_samples": len(samples),
-              "plan": task.plan, "quirks": dict(quirks), "skipped": skipped,
-              "class_counts": {str(c): n for c, n in sorted(Counter(labels).items())},
-              "size_range": [min(s[0] for s in sizes), min(s[1] for s in sizes),
-                             max(s[0] for s in sizes), max(s[1] for s in sizes)] if sizes else None}
+    record = {
+        "name": f"{task.name}.tar",
+        "index": f"{task.name}.idx",
+        "num_samples": len(samples),
+        "plan": task.plan,
+        "quirks": dict(quirks),
+        "skipped": skipped,
+        "class_counts": {str(c): n for c, n in sorted(Counter(labels).items())},
+        "size_range": [
+            min(s[0] for s in sizes),
+            min(s[1] for s in sizes),
+            max(s[0] for s in sizes),
+            max(s[1] for s in sizes),
+        ]
+        if sizes
+        else None,
+    }
     if samples:
         tmp_tar = split_dir / f".{task.name}.tar.tmp-{os.getpid()}"
         tmp_idx = split_dir / f".{task.name}.idx.tmp-{os.getpid()}"
@@ -147,8 +172,13 @@ def _reusable(split_dir: Path, record: dict | None, plan: str) -> bool:
     if record["num_samples"] == 0:
         return True
     tar, idx = split_dir / record["name"], split_dir / record["index"]
-    return (tar.exists() and idx.exists() and tar.stat().st_size == record["bytes"]
-            and file_sha256(tar) == record["sha256"] and file_sha256(idx) == record["index_sha256"])
+    return (
+        tar.exists()
+        and idx.exists()
+        and tar.stat().st_size == record["bytes"]
+        and file_sha256(tar) == record["sha256"]
+        and file_sha256(idx) == record["index_sha256"]
+    )
 
 
 def _previous_records(split_dir: Path, plan: str) -> dict[str, dict]:
@@ -156,8 +186,10 @@ def _previous_records(split_dir: Path, plan: str) -> dict[str, dict]:
     if (split_dir / MANIFEST).exists():
         manifest = load_manifest(split_dir)
         if manifest.get("plan") != plan:
-            raise DataError(f"{split_dir}: already prepared with different settings or input "
-                            "(seed, val size, shard size, max side or source); use another --out or delete it")
+            raise DataError(
+                f"{split_dir}: already prepared with different settings or input "
+                "(seed, val size, shard size, max side or source); use another --out or delete it"
+            )
         records = {r["name"]: dict(r, plan=plan) for r in manifest["shard_records"]}
     for path in sorted((split_dir / PARTIAL).glob("*.json")) if (split_dir / PARTIAL).is_dir() else []:
         record = json.loads(path.read_text())
@@ -169,8 +201,18 @@ def _previous_records(split_dir: Path, plan: str) -> dict[str, dict]:
 
 # --------------------------------------------------------------- manifests
 
-def _manifest(source: Source, split: str, source_split: str, records: list[dict], *, seed: int,
-              val_size: int, held: np.ndarray, plan: str) -> dict:
+
+def _manifest(
+    source: Source,
+    split: str,
+    source_split: str,
+    records: list[dict],
+    *,
+    seed: int,
+    val_size: int,
+    held: np.ndarray,
+    plan: str,
+) -> dict:
     kept = [r for r in records if r["num_samples"]]
     quirks, counts = Counter(), Counter()
     for r in records:
@@ -179,21 +221,38 @@ def _manifest(source: Source, split: str, source_split: str, records: list[dict]
     ranges = [r["size_range"] for r in kept]
     image = dict(source.image)
     if ranges and "height" not in image:
-        image["size_range"] = {"min_width": min(r[0] for r in ranges), "min_height": min(r[1] for r in ranges),
-                               "max_width": max(r[2] for r in ranges), "max_height": max(r[3] for r in ranges)}
+        image["size_range"] = {
+            "min_width": min(r[0] for r in ranges),
+            "min_height": min(r[1] for r in ranges),
+            "max_width": max(r[2] for r in ranges),
+            "max_height": max(r[3] for r in ranges),
+        }
     mean, std = NORMALIZATION[source.dataset]
     train_ids = source.splits["train"].ids
     return {
-        "format": FORMAT, "dataset": source.dataset, "split": split, "source_split": source_split,
-        "num_samples": sum(r["num_samples"] for r in kept), "classes": source.classes,
-        "num_classes": len(source.classes), "class_counts": [counts.get(c, 0) for c in range(len(source.classes))],
-        "image": image, "normalization": {"mean": list(mean), "std": list(std)},
+        "format": FORMAT,
+        "dataset": source.dataset,
+        "split": split,
+        "source_split": source_split,
+        "num_samples": sum(r["num_samples"] for r in kept),
+        "classes": source.classes,
+        "num_classes": len(source.classes),
+        "class_counts": [counts.get(c, 0) for c in range(len(source.classes))],
+        "image": image,
+        "normalization": {"mean": list(mean), "std": list(std)},
         "order": "shuffled by seed" if split == "train" else "source order",
-        "shards": [{k: r[k] for k in ("name", "index", "num_samples", "bytes", "sha256", "index_sha256")} for r in kept],
+        "shards": [
+            {k: r[k] for k in ("name", "index", "num_samples", "bytes", "sha256", "index_sha256")} for r in kept
+        ],
         "shard_records": [{k: v for k, v in r.items() if k != "plan"} for r in records],
         "seed": seed,
-        "heldout": {"seed": seed, "size": val_size, "from_split": "train",
-                    "ids": [train_ids[i] for i in held], "keys": [f"{i:08d}" for i in held]},
+        "heldout": {
+            "seed": seed,
+            "size": val_size,
+            "from_split": "train",
+            "ids": [train_ids[i] for i in held],
+            "keys": [f"{i:08d}" for i in held],
+        },
         "quirks": dict(sorted(quirks.items())),
         "skipped": [s for r in records for s in r["skipped"]],
         "source_skipped": source.skipped,  # found while listing: empty or unknown classes, unlabelled files
@@ -202,9 +261,19 @@ def _manifest(source: Source, split: str, source_split: str, records: list[dict]
     }
 
 
-def prepare(dataset: str, out: str | os.PathLike, src: str | os.PathLike | None = None, *,
-            shard_size: int | None = None, workers: int = 1, seed: int = 0, val_size: int = 10000,
-            max_side: int | None = None, skip_bad: bool = False, progress: bool | None = None) -> dict:
+def prepare(
+    dataset: str,
+    out: str | os.PathLike,
+    src: str | os.PathLike | None = None,
+    *,
+    shard_size: int | None = None,
+    workers: int = 1,
+    seed: int = 0,
+    val_size: int = 10000,
+    max_side: int | None = None,
+    skip_bad: bool = False,
+    progress: bool | None = None,
+) -> dict:
     """Prepare every split; return {split: summary}. Raises DataError naming
     the file on bad input unless `skip_bad` (then skipped, counted, reported)."""
     global _SOURCE
@@ -259,7 +328,7 @@ def prepare(dataset: str, out: str | os.PathLike, src: str | os.PathLike | None 
         _SOURCE = None
 
     summary = {}
-    for split, (source_split, items, tasks) in plans.items():
+    for split, (source_split, _items, tasks) in plans.items():
         split_dir = out / split
         records = [done[(split, t.name)] for t in tasks]
         held = plans["val"][1] if "val" in plans else np.array([], dtype=np.int64)
@@ -273,8 +342,12 @@ def prepare(dataset: str, out: str | os.PathLike, src: str | os.PathLike | None 
         for record in (split_dir / PARTIAL).glob("*.json"):
             record.unlink()
         (split_dir / PARTIAL).rmdir()
-        summary[split] = {"num_samples": manifest["num_samples"], "shards": len(manifest["shards"]),
-                          "rewritten": sum(1 for t in todo if t.split == split),
-                          "quirks": manifest["quirks"], "skipped": manifest["skipped"],
-                          "source_skipped": manifest["source_skipped"]}
+        summary[split] = {
+            "num_samples": manifest["num_samples"],
+            "shards": len(manifest["shards"]),
+            "rewritten": sum(1 for t in todo if t.split == split),
+            "quirks": manifest["quirks"],
+            "skipped": manifest["skipped"],
+            "source_skipped": manifest["source_skipped"],
+        }
     return summary

@@ -33,8 +33,20 @@ KINDS = ("wds", "dali", "auto")
 class Reader:
     kind = "base"
 
-    def __init__(self, info: SplitInfo, transform: Transform, *, train: bool, batch_size: int, rank: int,
-                 world_size: int, seed: int, num_workers: int, device: str, on_error: str):
+    def __init__(
+        self,
+        info: SplitInfo,
+        transform: Transform,
+        *,
+        train: bool,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        num_workers: int,
+        device: str,
+        on_error: str,
+    ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.info, self.transform, self.train = info, transform, train
@@ -49,16 +61,22 @@ class Reader:
         self._plan(0)  # validates the arguments now rather than at the first batch
 
     def _plan(self, epoch: int) -> EpochPlan:
-        return EpochPlan(self.num_samples, train=self.train, batch_size=self.batch_size, rank=self.rank,
-                         world_size=self.world_size, seed=self.seed, epoch=epoch)
+        return EpochPlan(
+            self.num_samples,
+            train=self.train,
+            batch_size=self.batch_size,
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=self.seed,
+            epoch=epoch,
+        )
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self.transform.output_shape
 
     def __len__(self) -> int:
-        return num_batches(self.num_samples, train=self.train, batch_size=self.batch_size,
-                           world_size=self.world_size)
+        return num_batches(self.num_samples, train=self.train, batch_size=self.batch_size, world_size=self.world_size)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -66,9 +84,16 @@ class Reader:
             self.epoch, self._resume_batch, self._consumed = int(epoch), 0, 0
 
     def state_dict(self) -> dict:
-        return {"version": 1, "epoch": self.epoch, "batch": self._consumed, "train": self.train,
-                "num_samples": self.num_samples, "batch_size": self.batch_size,
-                "world_size": self.world_size, "seed": self.seed}
+        return {
+            "version": 1,
+            "epoch": self.epoch,
+            "batch": self._consumed,
+            "train": self.train,
+            "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "seed": self.seed,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
@@ -90,8 +115,10 @@ class Reader:
         raise NotImplementedError
 
     def _empty(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.empty((0, *self.image_shape), dtype=torch.float32, device=self.device),
-                torch.empty((0,), dtype=torch.int64, device=self.device))
+        return (
+            torch.empty((0, *self.image_shape), dtype=torch.float32, device=self.device),
+            torch.empty((0,), dtype=torch.int64, device=self.device),
+        )
 
     def _skip(self, problems: list[str]) -> None:
         for problem in problems:
@@ -107,10 +134,21 @@ def _dali_available() -> bool:
     return True
 
 
-def build_reader(path: str | Path | SplitInfo, kind: str = "auto", *, train: bool = True, batch_size: int = 128,
-                 rank: int = 0, world_size: int = 1, seed: int = 0, augment: str = "auto",
-                 image_size: int | None = None, num_workers: int = 2, device: str = "cpu",
-                 on_error: str = "raise") -> Reader:
+def build_reader(
+    path: str | Path | SplitInfo,
+    kind: str = "auto",
+    *,
+    train: bool = True,
+    batch_size: int = 128,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    augment: str = "auto",
+    image_size: int | None = None,
+    num_workers: int = 2,
+    device: str = "cpu",
+    on_error: str = "raise",
+) -> Reader:
     """A reader over one split. kind: "dali", "wds" (WebDataset shards decoded
     with PIL in DataLoader workers) or "auto" (DALI when importable). Yields
     (float32 NCHW normalised images, int64 labels)."""
@@ -121,8 +159,16 @@ def build_reader(path: str | Path | SplitInfo, kind: str = "auto", *, train: boo
     transform = resolve(info.dataset, augment, train, image_size, info.channels, info.mean, info.std)
     if kind == "auto":
         kind = "dali" if _dali_available() else "wds"
-    args = dict(train=train, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
-                num_workers=num_workers, device=device, on_error=on_error)
+    args = dict(
+        train=train,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
+        num_workers=num_workers,
+        device=device,
+        on_error=on_error,
+    )
     if kind == "dali":
         from .dali_reader import DaliReader
 

@@ -94,7 +94,7 @@ def index_lines(tar_path: str | os.PathLike) -> list[str]:
         raise DataError(f"{tar_path}: tar holds no samples")
     size = os.path.getsize(tar_path)
     for bundle in samples:
-        for ext, offset, length, name in bundle:
+        for _ext, offset, length, name in bundle:
             if offset + length > size:
                 raise DataError(f"{tar_path}: member {name!r} is truncated ({offset + length} > {size} bytes)")
     lines = [f"{INDEX_VERSION} {len(samples)}"]

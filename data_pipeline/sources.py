@@ -22,8 +22,18 @@ import numpy as np
 from .errors import DataError
 
 FASHION_MNIST_DEFAULT = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 DATASETS = ("imagenet", "cifar10", "mnist", "fashion-mnist", "folder")
 
 
@@ -87,6 +97,7 @@ class ArraySource(Source):
 
 # ---------------------------------------------------------------- IDX (MNIST)
 
+
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
@@ -109,7 +120,11 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
 def _find_idx(root: Path, prefix: str, kind: str) -> Path:
     # Accept the names used by the original site (train-images-idx3-ubyte),
     # its common mirrors (train-images.idx3-ubyte) and gzip or raw files.
-    for pattern in (f"{prefix}-{kind}-ubyte.gz", f"{prefix}-{kind}-ubyte", f"{prefix}-{kind.replace('-', '.', 1)}-ubyte"):
+    for pattern in (
+        f"{prefix}-{kind}-ubyte.gz",
+        f"{prefix}-{kind}-ubyte",
+        f"{prefix}-{kind.replace('-', '.', 1)}-ubyte",
+    ):
         for candidate in (root / pattern, root / "raw" / pattern):
             if candidate.exists():
                 return candidate
@@ -132,13 +147,19 @@ def _idx_loader(root: Path):
 
 # ------------------------------------------------------------------- CIFAR-10
 
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """The CIFAR batches are pickles: allow only what they need (numpy arrays,
     lists, dicts), so a tampered download cannot execute code."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
@@ -186,24 +207,33 @@ def _cifar_loader(root: Path):
 
 # ------------------------------------------------------------------ registry
 
+
 def _array_source(dataset: str, root: Path, loader, classes: list[str], channels: int) -> ArraySource:
     arrays = loader()
-    splits = {name: SourceSplit([f"{name}/{i:06d}" for i in range(len(labels))], labels)
-              for name, (_, labels) in arrays.items()}
+    splits = {
+        name: SourceSplit([f"{name}/{i:06d}" for i in range(len(labels))], labels)
+        for name, (_, labels) in arrays.items()
+    }
     for name, split in splits.items():
         bad = np.flatnonzero((split.labels < 0) | (split.labels >= len(classes)))
         if bad.size:
-            raise DataError(f"{root}: {name} item {bad[0]} has label {split.labels[bad[0]]}, outside 0..{len(classes) - 1}")
+            raise DataError(
+                f"{root}: {name} item {bad[0]} has label {split.labels[bad[0]]}, outside 0..{len(classes) - 1}"
+            )
     height, width = arrays["train"][0].shape[1:3]
-    image = {"format": "png", "mode": "L" if channels == 1 else "RGB", "channels": channels,
-             "height": int(height), "width": int(width)}
+    image = {
+        "format": "png",
+        "mode": "L" if channels == 1 else "RGB",
+        "channels": channels,
+        "height": int(height),
+        "width": int(width),
+    }
     source = ArraySource(dataset, root, classes, channels, image, splits, loader=loader)
     source._arrays = {name: images for name, (images, _) in arrays.items()}
     return source
 
 
-def open_source(dataset: str, src: str | Path | None, *, max_side: int | None = None,
-                skip_bad: bool = False) -> Source:
+def open_source(dataset: str, src: str | Path | None, *, max_side: int | None = None, skip_bad: bool = False) -> Source:
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     if src is None:
@@ -220,7 +250,17 @@ def open_source(dataset: str, src: str | Path | None, *, max_side: int | None = 
         root = _cifar_root(root)
         meta = _unpickle(root / "batches.meta") if (root / "batches.meta").exists() else {}
         classes = [c.decode() for c in meta.get(b"label_names", [])] or [
-            "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ]
         return _array_source(dataset, root, _cifar_loader(root), classes, 3)
     from .imagefiles import open_file_source
 

@@ -134,8 +134,15 @@ def center_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
     return (width - side) // 2, (height - side) // 2, side, side
 
 
-def resolve(dataset: str, augment: str, train: bool, image_size: int | None, channels: int,
-            mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> Transform:
+def resolve(
+    dataset: str,
+    augment: str,
+    train: bool,
+    image_size: int | None,
+    channels: int,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> Transform:
     if dataset not in AUTO:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(AUTO)}")
     if augment not in AUGMENTS:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataError
-from .manifest import MANIFEST, load_manifest, manifest_path
 from .index import IMAGE_EXTS
+from .manifest import MANIFEST, load_manifest, manifest_path
 from .shardfile import file_sha256, index_lines, split_member_name
 
 
@@ -39,8 +39,9 @@ class SplitReport:
         return not self.problems
 
 
-def _check_sample(shard: Path, key: str, members: dict[str, bytes], num_classes: int, channels: int,
-                  decode: bool, problems: list[str]) -> int | None:
+def _check_sample(
+    shard: Path, key: str, members: dict[str, bytes], num_classes: int, channels: int, decode: bool, problems: list[str]
+) -> int | None:
     """Problems of one sample appended to `problems`; returns its label if valid."""
     from PIL import Image
 
@@ -117,8 +118,9 @@ def verify_shard(split_dir: str, entry: dict, num_classes: int, channels: int, d
     return result
 
 
-def _finish(result: dict, tar_path: Path, key: str, members: dict, num_classes: int, channels: int,
-            decode: bool) -> None:
+def _finish(
+    result: dict, tar_path: Path, key: str, members: dict, num_classes: int, channels: int, decode: bool
+) -> None:
     result["samples"] += 1
     label = _check_sample(tar_path, key, members, num_classes, channels, decode, result["problems"])
     if label is not None:
@@ -135,8 +137,10 @@ def verify_split(path: str | Path, *, decode: bool = True, workers: int = 1) -> 
     report.dataset, report.split = manifest["dataset"], manifest["split"]
     report.expected, report.classes = manifest["num_samples"], list(manifest["classes"])
     report.shards = len(manifest["shards"])
-    args = [(str(report.path), entry, len(report.classes), int(manifest["image"]["channels"]), decode)
-            for entry in manifest["shards"]]
+    args = [
+        (str(report.path), entry, len(report.classes), int(manifest["image"]["channels"]), decode)
+        for entry in manifest["shards"]
+    ]
     if workers > 1 and len(args) > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -149,8 +153,9 @@ def verify_split(path: str | Path, *, decode: bool = True, workers: int = 1) -> 
         report.class_counts.update(result["labels"])
         report.problems += result["problems"]
     if report.num_samples != report.expected:
-        report.problems.append(f"{report.path / MANIFEST}: shards hold {report.num_samples} samples, "
-                               f"manifest says {report.expected}")
+        report.problems.append(
+            f"{report.path / MANIFEST}: shards hold {report.num_samples} samples, manifest says {report.expected}"
+        )
     expected_counts = manifest.get("class_counts")
     counted = [report.class_counts.get(c, 0) for c in range(len(report.classes))]
     if expected_counts is not None and counted != expected_counts and not report.problems:

@@ -134,9 +134,15 @@ class WdsReader(Reader):
                 # Persistent workers: forked once, reused every epoch (the
                 # sampler is read in this process, so a new plan needs no restart).
                 self._loader = torch.utils.data.DataLoader(
-                    self._dataset, sampler=self._tasks, batch_size=None, num_workers=self.num_workers,
-                    collate_fn=_identity, pin_memory=self.device.type == "cuda", persistent_workers=True,
-                    multiprocessing_context=_worker_context())
+                    self._dataset,
+                    sampler=self._tasks,
+                    batch_size=None,
+                    num_workers=self.num_workers,
+                    collate_fn=_identity,
+                    pin_memory=self.device.type == "cuda",
+                    persistent_workers=True,
+                    multiprocessing_context=_worker_context(),
+                )
             loader = self._loader
         for images, labels, problems in loader:
             if images is None:

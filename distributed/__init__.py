@@ -2,7 +2,7 @@
 single) and the torch.distributed process group. Nothing above this package
 reads RANK or SLURM_* variables itself."""
 
-from distributed.environment import (
+from bioscale.distributed.environment import (
     LAUNCHERS,
     DistEnv,
     LaunchEnvironmentError,
@@ -10,7 +10,7 @@ from distributed.environment import (
     expand_nodelist,
     read_environment,
 )
-from distributed.process_group import (
+from bioscale.distributed.process_group import (
     all_reduce_sum,
     barrier,
     default_backend,
@@ -25,8 +25,21 @@ from distributed.process_group import (
 )
 
 __all__ = [
-    "LAUNCHERS", "DistEnv", "LaunchEnvironmentError", "detect_launcher", "expand_nodelist",
-    "read_environment", "all_reduce_sum", "barrier", "default_backend", "exit_process",
-    "get_rank", "get_world_size", "init_distributed", "is_initialized", "is_main_process",
-    "local_device", "shutdown",
+    "LAUNCHERS",
+    "DistEnv",
+    "LaunchEnvironmentError",
+    "detect_launcher",
+    "expand_nodelist",
+    "read_environment",
+    "all_reduce_sum",
+    "barrier",
+    "default_backend",
+    "exit_process",
+    "get_rank",
+    "get_world_size",
+    "init_distributed",
+    "is_initialized",
+    "is_main_process",
+    "local_device",
+    "shutdown",
 ]

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from algorithms.config import OptimConfig
-from algorithms.learner import Learner, StepOutput
+from bioscale.algorithms.config import OptimConfig
+from bioscale.algorithms.learner import Learner, StepOutput
 
 
 def deepspeed_config(zero_stage: int, micro_batch: int, precision: str) -> dict:
@@ -50,9 +50,11 @@ class DeepSpeedUpdater:
         import deepspeed
 
         if learner.rule.schedule == "alternating":
-            raise ValueError("distributed.backend=deepspeed supports the parallel schedule only: one engine "
-                             "cannot idle a parameter group for an epoch (Adam keeps moving it on momentum); "
-                             "use distributed.backend=none for the alternating schedule")
+            raise ValueError(
+                "distributed.backend=deepspeed supports the parallel schedule only: one engine "
+                "cannot idle a parameter group for an epoch (Adam keeps moving it on momentum); "
+                "use distributed.backend=none for the alternating schedule"
+            )
         groups = [_group(learner.forward_parameters(), optim.forward, "forward")]
         inverse = learner.inverse_parameters()
         if inverse:
@@ -60,8 +62,8 @@ class DeepSpeedUpdater:
         adam = torch.optim.Adam(groups)
         self.learner = learner
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=learner, optimizer=adam,
-            config=deepspeed_config(dist_cfg.zero_stage, micro_batch, dist_cfg.precision))
+            model=learner, optimizer=adam, config=deepspeed_config(dist_cfg.zero_stage, micro_batch, dist_cfg.precision)
+        )
         self.zero_stage = dist_cfg.zero_stage
 
     def step(self, x: torch.Tensor, y: torch.Tensor, phase: str = "both") -> StepOutput:
@@ -89,5 +91,11 @@ class DeepSpeedUpdater:
 
 
 def _group(params, cfg, name: str) -> dict:
-    return {"params": params, "lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps,
-            "weight_decay": cfg.weight_decay, "name": name}
+    return {
+        "params": params,
+        "lr": cfg.lr,
+        "betas": (cfg.beta1, cfg.beta2),
+        "eps": cfg.eps,
+        "weight_decay": cfg.weight_decay,
+        "name": name,
+    }

@@ -119,12 +119,12 @@ def _expand_host(pattern: str, nodelist: str) -> list[str]:
     m = re.search(r"\[([^\[\]]*)\]", pattern)
     if not m:
         return [pattern]
-    head, tail = pattern[: m.start()], pattern[m.end():]
+    head, tail = pattern[: m.start()], pattern[m.end() :]
     # A pattern may hold several bracket groups (rack[1-2]-n[01-02]): the later
     # groups are expanded recursively, giving SLURM's order (last varies fastest).
-    return [head + value + rest
-            for value in _expand_ranges(m.group(1), nodelist)
-            for rest in _expand_host(tail, nodelist)]
+    return [
+        head + value + rest for value in _expand_ranges(m.group(1), nodelist) for rest in _expand_host(tail, nodelist)
+    ]
 
 
 def expand_nodelist(nodelist: str) -> list[str]:
@@ -186,8 +186,7 @@ def _from_slurm(environ: Mapping[str, str]) -> dict:
         local_world = counts[node_rank] if node_rank < len(counts) else counts[-1]
     else:
         local_world = max(1, world // max(1, nnodes))
-    nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") \
-        or environ.get("SLURM_NODELIST")
+    nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
     master = environ.get("MASTER_ADDR") or (expand_nodelist(nodelist)[0] if nodelist else "127.0.0.1")
     port = _int(environ, "MASTER_PORT", _port_from_job_id(_slurm_job_id(environ)))
     return dict(
@@ -229,9 +228,11 @@ def read_environment(environ: Mapping[str, str] | None = None, *, isatty: bool |
     elif launcher in ("torchrun", "deepspeed"):
         fields = _from_rank_variables(environ, launcher)
     else:
-        fields = dict(launcher="single",
-                      master_addr=environ.get("MASTER_ADDR") or "127.0.0.1",
-                      master_port=_int(environ, "MASTER_PORT", DEFAULT_MASTER_PORT))
+        fields = dict(
+            launcher="single",
+            master_addr=environ.get("MASTER_ADDR") or "127.0.0.1",
+            master_port=_int(environ, "MASTER_PORT", DEFAULT_MASTER_PORT),
+        )
     env = DistEnv(
         **fields,
         slurm_job_id=_slurm_job_id(environ),
@@ -249,7 +250,6 @@ def _check(env: DistEnv) -> None:
     if not 0 <= env.rank < env.world_size:
         raise LaunchEnvironmentError(f"rank {env.rank} outside [0, {env.world_size}) {where}")
     if not 0 <= env.local_rank < max(env.local_world_size, 1):
-        raise LaunchEnvironmentError(
-            f"local rank {env.local_rank} outside [0, {env.local_world_size}) {where}")
+        raise LaunchEnvironmentError(f"local rank {env.local_rank} outside [0, {env.local_world_size}) {where}")
     if not 0 < env.master_port < 65536:
         raise LaunchEnvironmentError(f"master port {env.master_port} out of range {where}")

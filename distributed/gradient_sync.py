@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from distributed.process_group import get_world_size
+from bioscale.distributed.process_group import get_world_size
 
 
 def all_reduce_gradients(params, bucket_bytes: int = 32 << 20, group=None) -> None:
@@ -37,5 +37,5 @@ def _reduce(tensors: list[torch.Tensor], group) -> None:
     offset = 0
     for t in tensors:
         n = t.numel()
-        t.copy_(flat[offset:offset + n].view_as(t))
+        t.copy_(flat[offset : offset + n].view_as(t))
         offset += n

@@ -35,13 +35,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from algorithms.config import OptimConfig
-from algorithms.feedback import FeedbackTrace, TraceGap
-from algorithms.learner import Learner
-from algorithms.optim import Updater
-from distributed.gradient_sync import all_reduce_gradients
-from distributed.pipeline_schedule import PipelineConfig, one_f_one_b, partition, placement, ranges_from_balance
-from distributed.process_group import get_rank, get_world_size, is_initialized
+from bioscale.algorithms.config import OptimConfig
+from bioscale.algorithms.feedback import FeedbackTrace, TraceGap
+from bioscale.algorithms.learner import Learner
+from bioscale.algorithms.optim import Updater
+from bioscale.distributed.gradient_sync import all_reduce_gradients
+from bioscale.distributed.pipeline_schedule import (
+    PipelineConfig,
+    one_f_one_b,
+    partition,
+    placement,
+    ranges_from_balance,
+)
+from bioscale.distributed.process_group import get_rank, get_world_size, is_initialized
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _InFlight:
     """What a micro-batch leaves on a stage between its forward and its backward."""
+
     h_in: torch.Tensor | None
     h_out: torch.Tensor | None
     loss: torch.Tensor | None
@@ -85,21 +92,24 @@ class Pipeline:
     def __init__(self, learner: Learner, optim: OptimConfig, cfg: PipelineConfig):
         world = get_world_size()
         if world != cfg.stages * cfg.data_parallel:
-            raise ValueError(f"pipeline {cfg.stages} stages × {cfg.data_parallel} replicas needs "
-                             f"{cfg.stages * cfg.data_parallel} ranks, the process group has {world}")
+            raise ValueError(
+                f"pipeline {cfg.stages} stages × {cfg.data_parallel} replicas needs "
+                f"{cfg.stages * cfg.data_parallel} ranks, the process group has {world}"
+            )
         rule = learner.rule
         if cfg.mode == "decoupled" and rule.name == "bp":
-            raise ValueError("decoupled mode needs a rule whose boundary signal does not read the forward "
-                             "weights (TP rules, FA, DFA): backprop through weights stepped since the forward is "
-                             "refused by autograd's version check (it would need weight stashing)")
+            raise ValueError(
+                "decoupled mode needs a rule whose boundary signal does not read the forward "
+                "weights (TP rules, FA, DFA): backprop through weights stepped since the forward is "
+                "refused by autograd's version check (it would need weight stashing)"
+            )
         self.cfg, self.learner, self.rule = cfg, learner, rule
         net = learner.net
         self.depth = net.depth
         self.stage, self.replica = placement(get_rank(), cfg)
         self.first, self.last = self.stage == 0, self.stage == cfg.stages - 1
         costs = [sum(p.numel() for p in b.parameters()) for b in net.blocks]
-        ranges = (ranges_from_balance(cfg.balance, len(costs)) if cfg.balance
-                  else partition(costs, cfg.stages))
+        ranges = ranges_from_balance(cfg.balance, len(costs)) if cfg.balance else partition(costs, cfg.stages)
         self.ranges = ranges
         self.layers = [i + 1 for i in ranges[self.stage]]  # 1-based, as in the rules
         # DFA: every hidden boundary reads the output error e from the trace the top boundary
@@ -111,8 +121,9 @@ class Pipeline:
         self.stage_rule = copy.copy(rule)
         owned = set(self.layers)
         self.stage_rule.inverse_layers = lambda depth: [l for l in rule.inverse_layers(depth) if l in owned]
-        inverse = [p for l in self.stage_rule.inverse_layers(self.depth)
-                   for p in net.blocks[l - 1].inverse_layer.parameters()]
+        inverse = [
+            p for l in self.stage_rule.inverse_layers(self.depth) for p in net.blocks[l - 1].inverse_layer.parameters()
+        ]
         forward = [p for l in self.layers for p in net.blocks[l - 1].layer.parameters()]
         self.updater = Updater(_StageParams(forward, inverse), optim)
         self.params = forward + inverse
@@ -151,8 +162,11 @@ class Pipeline:
         if self.first:
             h = x
         else:
-            h = torch.empty((y.shape[0], *self.learner.net.blocks[self.layers[0] - 1].in_shape),
-                            dtype=self.dtype, device=self.device)
+            h = torch.empty(
+                (y.shape[0], *self.learner.net.blocks[self.layers[0] - 1].in_shape),
+                dtype=self.dtype,
+                device=self.device,
+            )
             self._recv(h, self.prev_rank)
             h.requires_grad_(signal)
         t0 = time.perf_counter()
@@ -180,8 +194,9 @@ class Pipeline:
         h_out = None if self.last else h
         if h_out is not None:
             self._send(h_out.detach(), self.next_rank)
-        return _InFlight(h_in if signal and not self.first else None, h_out if signal else None, loss, trace,
-                         logits, self.version)
+        return _InFlight(
+            h_in if signal and not self.first else None, h_out if signal else None, loss, trace, logits, self.version
+        )
 
     def _backward(self, rec: _InFlight) -> None:
         tensors, grads = [], []
@@ -247,8 +262,11 @@ class Pipeline:
             x, y, noise = (*batch, None)[:3]
             idx = torch.tensor_split(torch.arange(y.shape[0]), D)[d]
             for part in torch.tensor_split(idx, M):
-                yield (x[part] if self.first else None, y[part],
-                       {l: n[part] for l, n in noise.items()} if noise else None)
+                yield (
+                    x[part] if self.first else None,
+                    y[part],
+                    {l: n[part] for l, n in noise.items()} if noise else None,
+                )
 
     def train(self, batches: list, phase: str = "both") -> dict:
         """Train on `batches` ([(x, y) or (x, y, noise)], the same global batches on every
@@ -285,17 +303,35 @@ class Pipeline:
         if is_initialized():
             dist.all_reduce(stats)  # only last-stage ranks contributed: every rank gets the curve
         summary = self.staleness_summary()
-        log.info("pipeline stage %d (layers %s, %s): staleness mean %.2f max %d over %d micro-batches, "
-                 "compute %.2f s, waiting %.2f s", self.stage, self.layers, cfg.mode, summary["mean"], summary["max"],
-                 summary["micro_batches"], summary["compute_s"], summary["wait_s"])
-        return {"loss": stats[:, 0].tolist(), "correct": stats[:, 1].tolist(), "samples": stats[:, 2].tolist(),
-                "staleness": summary}
+        log.info(
+            "pipeline stage %d (layers %s, %s): staleness mean %.2f max %d over %d micro-batches, "
+            "compute %.2f s, waiting %.2f s",
+            self.stage,
+            self.layers,
+            cfg.mode,
+            summary["mean"],
+            summary["max"],
+            summary["micro_batches"],
+            summary["compute_s"],
+            summary["wait_s"],
+        )
+        return {
+            "loss": stats[:, 0].tolist(),
+            "correct": stats[:, 1].tolist(),
+            "samples": stats[:, 2].tolist(),
+            "staleness": summary,
+        }
 
     def staleness_summary(self) -> dict:
         s = self.stats.staleness
-        return {"stage": self.stage, "mean": sum(s) / len(s) if s else 0.0, "max": max(s, default=0),
-                "micro_batches": len(s), "compute_s": round(self.stats.compute_s, 4),
-                "wait_s": round(self.stats.wait_s, 4)}
+        return {
+            "stage": self.stage,
+            "mean": sum(s) / len(s) if s else 0.0,
+            "max": max(s, default=0),
+            "micro_batches": len(s),
+            "compute_s": round(self.stats.compute_s, 4),
+            "wait_s": round(self.stats.wait_s, 4),
+        }
 
     def stage_state(self) -> dict[str, torch.Tensor]:
         """This stage's parameters and buffers under the single-process Learner's names."""

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from distributed.environment import DistEnv
-from distributed.process_group import exit_process, init_distributed
+from bioscale.distributed.environment import DistEnv
+from bioscale.distributed.process_group import exit_process, init_distributed
 
 
 def free_port() -> int:
@@ -29,8 +29,15 @@ def free_port() -> int:
 def _child(fn, rank: int, world: int, port: int, out: str, args: tuple, threads: int) -> None:
     try:
         torch.set_num_threads(threads)
-        env = DistEnv(rank=rank, local_rank=rank, world_size=world, local_world_size=world,
-                      master_addr="127.0.0.1", master_port=port, launcher="torchrun")
+        env = DistEnv(
+            rank=rank,
+            local_rank=rank,
+            world_size=world,
+            local_world_size=world,
+            master_addr="127.0.0.1",
+            master_port=port,
+            launcher="torchrun",
+        )
         # require_group: DeepSpeed needs a group (and the env:// variables) even on one rank.
         init_distributed(env, backend="gloo", timeout_s=300, require_group=True)
         result = fn(*args)
@@ -46,11 +53,12 @@ def run_ranks(fn, world_size: int, *args, threads: int = 1, timeout_s: float = 6
     """Run `fn(*args)` on `world_size` fresh gloo ranks; returns their results by rank.
     `fn` must be importable (module level). Raises if any rank fails or times out."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "torch.distributed", "distributed.pipeline"])
+    ctx.set_forkserver_preload(["torch", "torch.distributed", "bioscale.distributed.pipeline"])
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bioscale_ranks_") as out:
-        procs = [ctx.Process(target=_child, args=(fn, r, world_size, port, out, args, threads))
-                 for r in range(world_size)]
+        procs = [
+            ctx.Process(target=_child, args=(fn, r, world_size, port, out, args, threads)) for r in range(world_size)
+        ]
         for p in procs:
             p.start()
         for p in procs:
@@ -60,7 +68,8 @@ def run_ranks(fn, world_size: int, *args, threads: int = 1, timeout_s: float = 6
             if p.is_alive():
                 p.kill()
         if failed:
-            raise RuntimeError(f"ranks {failed} of {world_size} failed running {fn.__qualname__} "
-                               f"(exit codes {[p.exitcode for p in procs]}); see their stderr above")
+            raise RuntimeError(
+                f"ranks {failed} of {world_size} failed running {fn.__qualname__} "
+                f"(exit codes {[p.exitcode for p in procs]}); see their stderr above"
+            )
         return [torch.load(Path(out) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
-

@@ -15,7 +15,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from distributed.environment import DistEnv, read_environment
+from bioscale.distributed.environment import DistEnv, read_environment
 
 BACKENDS = ("gloo", "nccl")
 
@@ -34,8 +34,10 @@ def local_device(env: DistEnv, device: str = "auto") -> torch.device:
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("distributed.device=cuda but torch sees no CUDA device "
-                           f"(torch {torch.__version__}, CUDA build: {torch.version.cuda})")
+        raise RuntimeError(
+            "distributed.device=cuda but torch sees no CUDA device "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda})"
+        )
     return torch.device("cuda", env.local_rank % torch.cuda.device_count())
 
 
@@ -43,8 +45,9 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def init_distributed(env: DistEnv | None = None, backend: str | None = None,
-                     timeout_s: float = 1800.0, require_group: bool = False) -> bool:
+def init_distributed(
+    env: DistEnv | None = None, backend: str | None = None, timeout_s: float = 1800.0, require_group: bool = False
+) -> bool:
     """Join the process group described by `env` (read from the environment if
     None). Returns True when a process group is active. A single process gets
     none (False) unless `require_group` — DeepSpeed needs a group even alone;
@@ -60,7 +63,8 @@ def init_distributed(env: DistEnv | None = None, backend: str | None = None,
         if dist.get_world_size() != env.world_size or dist.get_rank() != env.rank:
             raise RuntimeError(
                 f"process group already initialised as rank {dist.get_rank()}/{dist.get_world_size()}, "
-                f"environment says {env.rank}/{env.world_size}")
+                f"environment says {env.rank}/{env.world_size}"
+            )
         return True
     if backend == "nccl":
         torch.cuda.set_device(local_device(env, "cuda"))
@@ -69,15 +73,21 @@ def init_distributed(env: DistEnv | None = None, backend: str | None = None,
     # too, and they must agree with us. Under torchrun they already hold these
     # values, and env:// then reuses torchrun's store instead of binding
     # MASTER_PORT a second time.
-    os.environ.update(MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port),
-                      RANK=str(env.rank), WORLD_SIZE=str(env.world_size),
-                      LOCAL_RANK=str(env.local_rank), LOCAL_WORLD_SIZE=str(env.local_world_size))
+    os.environ.update(
+        MASTER_ADDR=env.master_addr,
+        MASTER_PORT=str(env.master_port),
+        RANK=str(env.rank),
+        WORLD_SIZE=str(env.world_size),
+        LOCAL_RANK=str(env.local_rank),
+        LOCAL_WORLD_SIZE=str(env.local_world_size),
+    )
     timeout = timedelta(seconds=timeout_s)
     if env.world_size == 1:
         dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     else:
-        dist.init_process_group(backend=backend, init_method="env://", rank=env.rank,
-                                world_size=env.world_size, timeout=timeout)
+        dist.init_process_group(
+            backend=backend, init_method="env://", rank=env.rank, world_size=env.world_size, timeout=timeout
+        )
     return True
 
 

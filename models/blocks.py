@@ -17,17 +17,23 @@ import math
 import torch
 from torch import nn
 
-from models.conv import Conv2dSame, ConvTranspose2dSame
-from models.dense import Dense
-from models.locally_connected import LocallyConnected2d, LocallyConnectedTranspose2d
-from models.pooling import AvgPool
+from bioscale.models.conv import Conv2dSame, ConvTranspose2dSame
+from bioscale.models.dense import Dense
+from bioscale.models.locally_connected import LocallyConnected2d, LocallyConnectedTranspose2d
+from bioscale.models.pooling import AvgPool
 
 Shape = tuple[int, ...]
 
 
 class HiddenBlock(nn.Module):
-    def __init__(self, layer: nn.Module, in_shape: Shape, out_shape: Shape,
-                 inverse_layer: nn.Module | None = None, pool: AvgPool | None = None):
+    def __init__(
+        self,
+        layer: nn.Module,
+        in_shape: Shape,
+        out_shape: Shape,
+        inverse_layer: nn.Module | None = None,
+        pool: AvgPool | None = None,
+    ):
         super().__init__()
         self.layer, self.inverse_layer, self.pool = layer, inverse_layer, pool
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
@@ -54,8 +60,16 @@ class HiddenBlock(nn.Module):
 
 
 class OutputBlock(nn.Module):
-    def __init__(self, in_shape: Shape, num_classes: int, with_inverse: bool, aux_dim: int = 0,
-                 aux_seed: int = 0, device=None, dtype=None):
+    def __init__(
+        self,
+        in_shape: Shape,
+        num_classes: int,
+        with_inverse: bool,
+        aux_dim: int = 0,
+        aux_seed: int = 0,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         self.in_shape, self.out_shape = tuple(in_shape), (int(num_classes),)
         in_features = math.prod(self.in_shape)
@@ -66,8 +80,9 @@ class OutputBlock(nn.Module):
             g = torch.Generator().manual_seed(aux_seed)
             proj = torch.randn(self.aux_dim, in_features, generator=g, dtype=torch.float64) / math.sqrt(in_features)
             self.register_buffer("aux_projection", proj.to(device=device, dtype=dtype or torch.get_default_dtype()))
-        self.inverse_layer = (Dense(num_classes + self.aux_dim, in_features, device=device, dtype=dtype)
-                              if with_inverse else None)
+        self.inverse_layer = (
+            Dense(num_classes + self.aux_dim, in_features, device=device, dtype=dtype) if with_inverse else None
+        )
 
     @property
     def has_inverse(self) -> bool:
@@ -97,13 +112,25 @@ def dense_block(in_shape: Shape, units: int, with_inverse: bool, device=None, dt
     return HiddenBlock(layer, in_shape, (units,), inverse)
 
 
-def spatial_block(kind: str, in_shape: Shape, channels: int, kernel: int, stride: int, padding,
-                  pool: tuple[int, int] | None, with_inverse: bool, device=None, dtype=None) -> HiddenBlock:
+def spatial_block(
+    kind: str,
+    in_shape: Shape,
+    channels: int,
+    kernel: int,
+    stride: int,
+    padding,
+    pool: tuple[int, int] | None,
+    with_inverse: bool,
+    device=None,
+    dtype=None,
+) -> HiddenBlock:
     """An LC block (kind='lc') or its weight-shared twin (kind='conv'); pool = (kernel, stride) or None."""
     if len(in_shape) != 3:
         raise ValueError(f"a {kind} block needs a (C, H, W) input, got shape {in_shape}")
-    forward_cls, inverse_cls = {"lc": (LocallyConnected2d, LocallyConnectedTranspose2d),
-                                "conv": (Conv2dSame, ConvTranspose2dSame)}[kind]
+    forward_cls, inverse_cls = {
+        "lc": (LocallyConnected2d, LocallyConnectedTranspose2d),
+        "conv": (Conv2dSame, ConvTranspose2dSame),
+    }[kind]
     c, h, w = in_shape
     args = (c, channels, (h, w), kernel, stride, padding)
     layer = forward_cls(*args, device=device, dtype=dtype)

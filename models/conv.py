@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.geometry import SlidingWindow
-from models.init import GlorotInit
+from bioscale.models.geometry import SlidingWindow
+from bioscale.models.init import GlorotInit
 
 
 class _ConvGeometry(SlidingWindow):
@@ -29,7 +29,7 @@ class _ConvGeometry(SlidingWindow):
         x = F.conv_transpose2d(y, weight, stride=self.stride, output_padding=0)
         # Rows/cols of the padded input that no window touches get zero gradient.
         x = F.pad(x, (0, wp - full_w, 0, hp - full_h))
-        return x[:, :, self.pad_h[0]: hp - self.pad_h[1], self.pad_w[0]: wp - self.pad_w[1]]
+        return x[:, :, self.pad_h[0] : hp - self.pad_h[1], self.pad_w[0] : wp - self.pad_w[1]]
 
 
 class _ConvFeedback(torch.autograd.Function):
@@ -47,8 +47,11 @@ class _ConvFeedback(torch.autograd.Function):
         xp, feedback = ctx.saved_tensors
         layer = ctx.layer
         gx = layer._adjoint(grad, feedback) if ctx.needs_input_grad[0] else None
-        gw = (torch.nn.grad.conv2d_weight(xp, ctx.weight_shape, grad, stride=layer.stride)
-              if ctx.needs_input_grad[1] else None)
+        gw = (
+            torch.nn.grad.conv2d_weight(xp, ctx.weight_shape, grad, stride=layer.stride)
+            if ctx.needs_input_grad[1]
+            else None
+        )
         gb = grad.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
         return gx, gw, gb, None, None
 
@@ -56,14 +59,25 @@ class _ConvFeedback(torch.autograd.Function):
 class Conv2dSame(GlorotInit, _ConvGeometry):
     """Convolution with the LC layer's constructor and padding semantics (weights shared)."""
 
-    def __init__(self, in_channels, out_channels, input_size, kernel_size, stride=1, padding="valid", bias=True,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        input_size,
+        kernel_size,
+        stride=1,
+        padding="valid",
+        bias=True,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         self._setup(in_channels, out_channels, input_size, kernel_size, stride, padding)
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, device=device, dtype=dtype))
+        self.weight = nn.Parameter(
+            torch.empty(out_channels, in_channels, *self.kernel_size, device=device, dtype=dtype)
+        )
         self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
-
 
     def forward(self, x: torch.Tensor, feedback_weight: torch.Tensor | None = None) -> torch.Tensor:
         if feedback_weight is not None:
@@ -76,11 +90,23 @@ class ConvTranspose2dSame(GlorotInit, _ConvGeometry):
 
     transposed = True  # maps the output space back to the input space: fans swap
 
-    def __init__(self, in_channels, out_channels, input_size, kernel_size, stride=1, padding="valid", bias=True,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        input_size,
+        kernel_size,
+        stride=1,
+        padding="valid",
+        bias=True,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         self._setup(in_channels, out_channels, input_size, kernel_size, stride, padding)
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, device=device, dtype=dtype))
+        self.weight = nn.Parameter(
+            torch.empty(out_channels, in_channels, *self.kernel_size, device=device, dtype=dtype)
+        )
         self.bias = nn.Parameter(torch.zeros(in_channels, 1, 1, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.init import GlorotInit
+from bioscale.models.init import GlorotInit
 
 
 class _LinearFeedback(torch.autograd.Function):
@@ -39,7 +39,6 @@ class Dense(GlorotInit, nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
-
 
     def forward(self, x: torch.Tensor, feedback_weight: torch.Tensor | None = None) -> torch.Tensor:
         if feedback_weight is not None:

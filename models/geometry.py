@@ -12,7 +12,9 @@ def pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def resolve_padding(padding, input_size, kernel_size, stride) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+def resolve_padding(
+    padding, input_size, kernel_size, stride
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
     """Return ((top, bottom), (left, right), (H_out, W_out)) for 'same' | 'valid' | int | (int, int).
 
     'same' follows TensorFlow (the paper's framework): out = ceil(in / stride),
@@ -37,8 +39,10 @@ def resolve_padding(padding, input_size, kernel_size, stride) -> tuple[tuple[int
             out = (n + 2 * p - k) // s + 1
             pads.append((p, p))
         if out < 1:
-            raise ValueError(f"kernel {kernel_size} with stride {stride} and padding {padding!r} "
-                             f"does not fit input {tuple(input_size)}")
+            raise ValueError(
+                f"kernel {kernel_size} with stride {stride} and padding {padding!r} "
+                f"does not fit input {tuple(input_size)}"
+            )
         outs.append(out)
     return pads[0], pads[1], (outs[0], outs[1])
 
@@ -51,11 +55,15 @@ class SlidingWindow(nn.Module):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.input_size, self.kernel_size, self.stride = pair(input_size), pair(kernel_size), pair(stride)
         self.padding = padding
-        self.pad_h, self.pad_w, self.output_size = resolve_padding(padding, self.input_size, self.kernel_size, self.stride)
+        self.pad_h, self.pad_w, self.output_size = resolve_padding(
+            padding, self.input_size, self.kernel_size, self.stride
+        )
         kh, kw = self.kernel_size
         self.fan_in, self.fan_out = self.in_channels * kh * kw, self.out_channels * kh * kw
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, "
-                f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}, "
-                f"output_size={self.output_size}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, input_size={self.input_size}, "
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}, "
+            f"output_size={self.output_size}"
+        )

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 
-def glorot_uniform_(tensor: torch.Tensor, fan_in: int, fan_out: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def glorot_uniform_(
+    tensor: torch.Tensor, fan_in: int, fan_out: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Fill `tensor` from U(-a, a), a = sqrt(6 / (fan_in + fan_out)).
 
     Fans are passed explicitly because a locally-connected weight's shape does

@@ -38,8 +38,12 @@ class Geometry:
         # (a, b, output slices, input slices) per tap that reads any real input; built once
         # because `fold_` walks it on every call. Taps reading only padding add nothing.
         rows, cols = self._taps(0, self.pad_h[0]), self._taps(1, self.pad_w[0])
-        self.blocks = [(a, b, (oi, oj), (ii, ij)) for a, (oi, ii) in enumerate(rows)
-                       for b, (oj, ij) in enumerate(cols) if oi is not None and oj is not None]
+        self.blocks = [
+            (a, b, (oi, oj), (ii, ij))
+            for a, (oi, ii) in enumerate(rows)
+            for b, (oj, ij) in enumerate(cols)
+            if oi is not None and oj is not None
+        ]
 
     def _taps(self, d, pad):
         n_in, n_out, k, s = self.input_size[d], self.output_size[d], self.kernel_size[d], self.stride[d]
@@ -77,9 +81,9 @@ def _pad(x: torch.Tensor, g: Geometry) -> torch.Tensor:
         return x.contiguous()
     h, w = x.shape[:2]
     xp = x.new_empty((pt + h + pb, pl + w + pr, *x.shape[2:]))
-    for border in (xp[:pt], xp[pt + h:], xp[pt:pt + h, :pl], xp[pt:pt + h, pl + w:]):
+    for border in (xp[:pt], xp[pt + h :], xp[pt : pt + h, :pl], xp[pt : pt + h, pl + w :]):
         border.zero_()
-    xp[pt:pt + h, pl:pl + w].copy_(x)
+    xp[pt : pt + h, pl : pl + w].copy_(x)
     return xp
 
 
@@ -162,8 +166,10 @@ class LCLinear(torch.autograd.Function):
         # Save only what the requested gradients read: autograd's version check then fires
         # exactly when a tensor the backward uses was modified in place.
         needs_x, needs_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        ctx.save_for_backward((x if recompute else cols) if needs_w else None,
-                              (weight if feedback is None else feedback) if needs_x else None)
+        ctx.save_for_backward(
+            (x if recompute else cols) if needs_w else None,
+            (weight if feedback is None else feedback) if needs_x else None,
+        )
         return out.view(*g.output_size, weight.shape[1], x.shape[3])
 
     @staticmethod

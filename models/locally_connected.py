@@ -29,9 +29,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.geometry import SlidingWindow, pair
-from models.init import GlorotInit
-from models.lc_ops import Geometry, LCLinear, LCTransposeLinear, to_hwcn
+from bioscale.models.geometry import SlidingWindow, pair
+from bioscale.models.init import GlorotInit
+from bioscale.models.lc_ops import Geometry, LCLinear, LCTransposeLinear, to_hwcn
 
 
 class _LCGeometry(SlidingWindow):
@@ -40,8 +40,9 @@ class _LCGeometry(SlidingWindow):
     def _setup(self, in_channels, out_channels, input_size, kernel_size, stride, padding):
         super()._setup(in_channels, out_channels, input_size, kernel_size, stride, padding)
         self.num_positions = self.output_size[0] * self.output_size[1]
-        self.geometry = Geometry(self.input_size, self.kernel_size, self.stride, self.pad_h, self.pad_w,
-                                 self.output_size)
+        self.geometry = Geometry(
+            self.input_size, self.kernel_size, self.stride, self.pad_h, self.pad_w, self.output_size
+        )
 
     def weight_shape(self) -> tuple[int, int, int]:
         return (self.num_positions, self.out_channels, self.fan_in)
@@ -49,8 +50,9 @@ class _LCGeometry(SlidingWindow):
     def _check(self, x: torch.Tensor, channels: int, size: tuple[int, int]) -> None:
         expected = (channels, *size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"{type(self).__name__} expects input (N, {', '.join(map(str, expected))}), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} expects input (N, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
+            )
 
 
 class LocallyConnected2d(GlorotInit, _LCGeometry):
@@ -64,27 +66,44 @@ class LocallyConnected2d(GlorotInit, _LCGeometry):
     extra activation memory zero; it costs one more unfold per step (~6% of
     the CIFAR net's step here), hence off by default."""
 
-    def __init__(self, in_channels, out_channels, input_size, kernel_size, stride=1, padding="valid", bias=True,
-                 device=None, dtype=None, *, recompute_unfold: bool = False):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        input_size,
+        kernel_size,
+        stride=1,
+        padding="valid",
+        bias=True,
+        device=None,
+        dtype=None,
+        *,
+        recompute_unfold: bool = False,
+    ):
         super().__init__()
         self._setup(in_channels, out_channels, input_size, kernel_size, stride, padding)
         self.recompute_unfold = recompute_unfold
         self.weight = nn.Parameter(torch.empty(self.weight_shape(), device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.zeros(self.out_channels, *self.output_size, device=device, dtype=dtype)) if bias else None
+        self.bias = (
+            nn.Parameter(torch.zeros(self.out_channels, *self.output_size, device=device, dtype=dtype))
+            if bias
+            else None
+        )
         self.reset_parameters()
-
 
     def forward(self, x: torch.Tensor, feedback_weight: torch.Tensor | None = None) -> torch.Tensor:
         """With `feedback_weight` (weight-shaped) the input gradient uses it instead of `weight`."""
         self._check(x, self.in_channels, self.input_size)
         if feedback_weight is not None and feedback_weight.shape != self.weight.shape:
-            raise ValueError(f"feedback_weight must have the weight's shape {tuple(self.weight.shape)}, "
-                             f"got {tuple(feedback_weight.shape)}")
+            raise ValueError(
+                f"feedback_weight must have the weight's shape {tuple(self.weight.shape)}, "
+                f"got {tuple(feedback_weight.shape)}"
+            )
         out = LCLinear.apply(to_hwcn(x), self.weight, self.bias, feedback_weight, self.geometry, self.recompute_unfold)
         return out.permute(3, 2, 0, 1)
 
     @classmethod
-    def from_conv2d(cls, conv: nn.Conv2d, input_size) -> "LocallyConnected2d":
+    def from_conv2d(cls, conv: nn.Conv2d, input_size) -> LocallyConnected2d:
         """The LC layer whose every position holds `conv`'s kernel (outputs equal the conv's)."""
         if conv.groups != 1 or pair(conv.dilation) != (1, 1):
             raise ValueError("from_conv2d supports groups=1, dilation=1 convolutions only")
@@ -93,9 +112,17 @@ class LocallyConnected2d(GlorotInit, _LCGeometry):
         padding = conv.padding
         if padding == "same" and pair(conv.stride) != (1, 1):
             raise ValueError("nn.Conv2d padding='same' requires stride 1")
-        layer = cls(conv.in_channels, conv.out_channels, input_size, conv.kernel_size, conv.stride,
-                    padding if isinstance(padding, str) else tuple(padding), bias=conv.bias is not None,
-                    device=conv.weight.device, dtype=conv.weight.dtype)
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            input_size,
+            conv.kernel_size,
+            conv.stride,
+            padding if isinstance(padding, str) else tuple(padding),
+            bias=conv.bias is not None,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
         with torch.no_grad():
             kernel = conv.weight.permute(0, 2, 3, 1).reshape(1, conv.out_channels, -1)  # K in (kh, kw, C) order
             layer.weight.copy_(kernel.expand_as(layer.weight))
@@ -103,11 +130,19 @@ class LocallyConnected2d(GlorotInit, _LCGeometry):
                 layer.bias.copy_(conv.bias.view(-1, 1, 1).expand_as(layer.bias))
         return layer
 
-    def transpose(self) -> "LocallyConnectedTranspose2d":
+    def transpose(self) -> LocallyConnectedTranspose2d:
         """The adjoint layer (N, O, Ho, Wo) -> (N, C, H, W) holding a copy of this layer's weight."""
-        t = LocallyConnectedTranspose2d(self.in_channels, self.out_channels, self.input_size, self.kernel_size,
-                                        self.stride, self.padding, bias=True,
-                                        device=self.weight.device, dtype=self.weight.dtype)
+        t = LocallyConnectedTranspose2d(
+            self.in_channels,
+            self.out_channels,
+            self.input_size,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            bias=True,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
         with torch.no_grad():
             t.weight.copy_(self.weight)
         return t
@@ -122,12 +157,24 @@ class LocallyConnectedTranspose2d(GlorotInit, _LCGeometry):
 
     transposed = True  # maps the output space back to the input space: fans swap
 
-    def __init__(self, in_channels, out_channels, input_size, kernel_size, stride=1, padding="valid", bias=True,
-                 device=None, dtype=None):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        input_size,
+        kernel_size,
+        stride=1,
+        padding="valid",
+        bias=True,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         self._setup(in_channels, out_channels, input_size, kernel_size, stride, padding)
         self.weight = nn.Parameter(torch.empty(self.weight_shape(), device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.zeros(self.in_channels, *self.input_size, device=device, dtype=dtype)) if bias else None
+        self.bias = (
+            nn.Parameter(torch.zeros(self.in_channels, *self.input_size, device=device, dtype=dtype)) if bias else None
+        )
         self.reset_parameters()
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.blocks import HiddenBlock, OutputBlock
+from bioscale.models.blocks import HiddenBlock, OutputBlock
 
 
 class Network(nn.Module):
@@ -26,8 +26,10 @@ class Network(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"network {self.arch!r} expects input of shape "
-                             f"(N, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"network {self.arch!r} expects input of shape "
+                f"(N, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Plain forward pass to the logits (evaluation, and backprop's training pass)."""

@@ -16,8 +16,8 @@ def _read_idx(path: Path):
     with gzip.open(path, "rb") as f:
         data = f.read()
     ndim = data[3]
-    dims = struct.unpack(">" + "I" * ndim, data[4: 4 + 4 * ndim])
-    return dims, data[4 + 4 * ndim:]
+    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    return dims, data[4 + 4 * ndim :]
 
 
 def _write_idx(path: Path, dims, payload: bytes, magic3: int) -> None:
@@ -42,7 +42,24 @@ def fashion_subset(root: Path, n_train: int, n_test: int) -> Path:
 def prepare_small_fashion(root: Path, n_train: int = 1200, n_test: int = 400, val_size: int = 200) -> Path:
     src = fashion_subset(root / "src", n_train, n_test)
     out = root / "shards"
-    subprocess.run([sys.executable, "-m", "bioscale", "prepare", "fashion-mnist", "--src", str(src), "--out", str(out),
-                    "--val-size", str(val_size), "--workers", "1", "--no-progress"], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bioscale",
+            "prepare",
+            "fashion-mnist",
+            "--src",
+            str(src),
+            "--out",
+            str(out),
+            "--val-size",
+            str(val_size),
+            "--workers",
+            "1",
+            "--no-progress",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return out

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from training.atomic_files import atomic_open, atomic_write_text, is_temp
+from bioscale.training.atomic_files import atomic_open, atomic_write_text, is_temp
 
 MARKER = "latest"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -106,8 +106,11 @@ class CheckpointManager:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            warnings.warn(f"{path}: unreadable checkpoint marker ({exc}); scanning {self.dir} instead",
-                          CheckpointWarning, stacklevel=3)
+            warnings.warn(
+                f"{path}: unreadable checkpoint marker ({exc}); scanning {self.dir} instead",
+                CheckpointWarning,
+                stacklevel=3,
+            )
             return None
 
     def _write_marker(self, records: list[CheckpointRecord]) -> None:
@@ -139,7 +142,7 @@ class CheckpointManager:
             writer = _HashingWriter(f)
             torch.save(state, writer)
         record = CheckpointRecord(path.name, step, writer.size, writer.sha256.hexdigest())
-        kept = [r for r in self.records() if r.step < step][-(self.keep - 1):] if self.keep > 1 else []
+        kept = [r for r in self.records() if r.step < step][-(self.keep - 1) :] if self.keep > 1 else []
         self._write_marker([*kept, record])
         self._remove_unlisted({r.file for r in (*kept, record)})
         return path
@@ -170,14 +173,24 @@ class CheckpointManager:
         if records is None:
             records = self._scan()
             if records:
-                warnings.warn(f"{self.dir}: no usable '{MARKER}' marker; trying checkpoint files by step "
-                              f"without integrity check", CheckpointWarning, stacklevel=3)
+                warnings.warn(
+                    f"{self.dir}: no usable '{MARKER}' marker; trying checkpoint files by step without integrity check",
+                    CheckpointWarning,
+                    stacklevel=3,
+                )
         elif records:
-            newer = [p.name for p in self.dir.glob("step_*.pt")
-                     if (m := _NAME.match(p.name)) and int(m[1]) > records[-1].step]
+            newer = [
+                p.name
+                for p in self.dir.glob("step_*.pt")
+                if (m := _NAME.match(p.name)) and int(m[1]) > records[-1].step
+            ]
             if newer:
-                warnings.warn(f"{self.dir}: ignoring {', '.join(sorted(newer))}: not recorded in "
-                              f"'{MARKER}' (its save was interrupted)", CheckpointWarning, stacklevel=3)
+                warnings.warn(
+                    f"{self.dir}: ignoring {', '.join(sorted(newer))}: not recorded in "
+                    f"'{MARKER}' (its save was interrupted)",
+                    CheckpointWarning,
+                    stacklevel=3,
+                )
         return records[::-1]
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
@@ -203,14 +216,18 @@ class CheckpointManager:
                         return state
                     reason = f"holds a {type(state).__name__}, not a state dict"
             problems.append(f"{path}: {reason}")
-            warnings.warn(f"skipping checkpoint {path}: {reason}; falling back to the previous one",
-                          CheckpointWarning, stacklevel=2)
+            warnings.warn(
+                f"skipping checkpoint {path}: {reason}; falling back to the previous one",
+                CheckpointWarning,
+                stacklevel=2,
+            )
         if problems:
             raise CheckpointError("no usable checkpoint:\n  " + "\n  ".join(problems))
         return None
 
 
 # ------------------------------------------------------------- foreign weights
+
 
 def load_weights(path: str | Path, key: str = "model") -> dict[str, torch.Tensor]:
     """Model weights for `--init-from`: a plain state dict, or the `key` entry
@@ -226,8 +243,9 @@ def load_weights(path: str | Path, key: str = "model") -> dict[str, torch.Tensor
     if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
         obj = obj[key]
     if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{path}: expected a state dict of tensors (or a dict with a {key!r} entry), "
-                              f"got {type(obj).__name__}")
+        raise CheckpointError(
+            f"{path}: expected a state dict of tensors (or a dict with a {key!r} entry), got {type(obj).__name__}"
+        )
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: entries {bad[:5]} are not tensors; not a state dict")
@@ -240,10 +258,15 @@ def check_compatible(expected: Mapping[str, torch.Tensor], found: Mapping[str, t
     `expected` — e.g. a checkpoint of another architecture."""
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    shapes = [f"{k}: {tuple(found[k].shape)} in file, {tuple(v.shape)} in model"
-              for k, v in expected.items() if k in found and tuple(found[k].shape) != tuple(v.shape)]
+    shapes = [
+        f"{k}: {tuple(found[k].shape)} in file, {tuple(v.shape)} in model"
+        for k, v in expected.items()
+        if k in found and tuple(found[k].shape) != tuple(v.shape)
+    ]
     if missing or unexpected or shapes:
-        parts = [f"{name} ({len(items)}): {', '.join(items[:6])}{', ...' if len(items) > 6 else ''}"
-                 for name, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
-                 if items]
+        parts = [
+            f"{name} ({len(items)}): {', '.join(items[:6])}{', ...' if len(items) > 6 else ''}"
+            for name, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+            if items
+        ]
         raise CheckpointError(f"{source}: does not fit this model (another architecture?) — " + "; ".join(parts))

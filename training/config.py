@@ -22,12 +22,23 @@ from typing import Any
 
 import yaml
 
-from algorithms.config import RULES, AdamConfig, OptimConfig, RuleConfig
-from training.atomic_files import atomic_write_text
+from bioscale.algorithms.config import RULES, AdamConfig, OptimConfig, RuleConfig
+from bioscale.training.atomic_files import atomic_write_text
 
-__all__ = ["ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "DistributedConfig",
-           "ExperimentConfig", "load_config", "describe", "parse_override", "AdamConfig",
-           "OptimConfig", "RuleConfig"]
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "DataConfig",
+    "TrainConfig",
+    "DistributedConfig",
+    "ExperimentConfig",
+    "load_config",
+    "describe",
+    "parse_override",
+    "AdamConfig",
+    "OptimConfig",
+    "RuleConfig",
+]
 
 DTYPES = ("float32", "float64", "bfloat16")
 READERS = ("auto", "wds", "dali")
@@ -54,7 +65,8 @@ class DataConfig:
     path: str | None = None
     """Directory of the prepared shards (with manifest.json per split); `--data` sets it."""
     reader: str = "auto"
-    """Shard reader: auto (DALI when importable — GPU decode on GPU, and less CPU per image than PIL on CPU — else WebDataset) | wds | dali."""
+    """Shard reader: auto (DALI when importable — GPU decode on GPU, and less CPU per image than PIL
+    on CPU — else WebDataset) | wds | dali."""
     batch_size_per_rank: int = 128
     """Training batch per process; the global batch is this × world size."""
     eval_batch_size_per_rank: int | None = None
@@ -140,15 +152,15 @@ class ExperimentConfig:
 
 # ---------------------------------------------------------------- YAML parsing
 
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader that reads `1e-4` as a float: YAML 1.1 (PyYAML) requires a dot
     and would hand learning rates written the usual way over as strings."""
 
 
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def _yaml_load(text: str, source: str) -> Any:
@@ -159,6 +171,7 @@ def _yaml_load(text: str, source: str) -> Any:
 
 
 # ------------------------------------------------------------------ the schema
+
 
 def _hints(cls: type) -> dict[str, Any]:
     # The modules use `from __future__ import annotations`: resolve the strings.
@@ -269,6 +282,7 @@ def _build(layers: list[tuple[Any, str]]) -> ExperimentConfig:
 
 # ------------------------------------------------------------------ validation
 
+
 def _get(cfg: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         cfg = getattr(cfg, part)
@@ -325,18 +339,23 @@ def _validate(cfg: ExperimentConfig, sources: dict[str, str]) -> None:
     if not 0 <= dist.zero_stage <= 3:
         fail("distributed.zero_stage", "must be 0, 1, 2 or 3")
     if dist.zero_stage and dist.backend != "deepspeed":
-        fail("distributed.zero_stage",
-             f"ZeRO needs distributed.backend=deepspeed (backend is {dist.backend!r}, "
-             f"set by {sources.get('distributed.backend', 'defaults')})")
+        fail(
+            "distributed.zero_stage",
+            f"ZeRO needs distributed.backend=deepspeed (backend is {dist.backend!r}, "
+            f"set by {sources.get('distributed.backend', 'defaults')})",
+        )
     if dist.precision == "bf16" and dist.device != "cuda":
-        fail("distributed.precision",
-             f"bf16 needs distributed.device=cuda (device is {dist.device!r}, "
-             f"set by {sources.get('distributed.device', 'defaults')}); use fp32 on CPU")
+        fail(
+            "distributed.precision",
+            f"bf16 needs distributed.device=cuda (device is {dist.device!r}, "
+            f"set by {sources.get('distributed.device', 'defaults')}); use fp32 on CPU",
+        )
     if cfg.model.dtype == "float64" and dist.backend == "deepspeed":
         fail("model.dtype", "DeepSpeed cannot reduce float64 gradients; use float32 or backend none/ddp")
 
 
 # ----------------------------------------------------------- files, overrides
+
 
 def _file_layers(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[dict, str]]:
     """The layers of one experiment file: its `inherit:` parents (in order,
@@ -404,15 +423,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 # ----------------------------------------------------------------- describe
 
+
 def _field_docs(cls: type) -> dict[str, str]:
     """Field name -> the string literal that follows its annotation in the class body."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
     for node, nxt in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
             docs[node.target.id] = inspect.cleandoc(nxt.value.value)
     return docs
 

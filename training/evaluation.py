@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from distributed import all_reduce_sum
+from bioscale.distributed import all_reduce_sum
 
 
 @torch.no_grad()

@@ -24,10 +24,20 @@ from typing import Any
 
 import torch
 
-from training.atomic_files import atomic_write_text
+from bioscale.training.atomic_files import atomic_write_text
 
-TAGS = ("train/loss", "train/top1_err", "val/top1_err", "val/top5_err", "test/top1_err", "test/top5_err",
-        "perf/images_per_sec", "perf/data_time_pct", "opt/lr_forward", "opt/lr_inverse")
+TAGS = (
+    "train/loss",
+    "train/top1_err",
+    "val/top1_err",
+    "val/top5_err",
+    "test/top1_err",
+    "test/top5_err",
+    "perf/images_per_sec",
+    "perf/data_time_pct",
+    "opt/lr_forward",
+    "opt/lr_inverse",
+)
 LAYER_TAGS = ("layer{i}/local_loss", "layer{i}/inverse_loss", "layer{i}/angle_to_bp_deg")
 
 
@@ -84,8 +94,7 @@ class MetricsLogger:
     later step is logged or on `flush()`: call `flush()` before saving a
     checkpoint so that everything logged up to it is on disk."""
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True, resume_step: int | None = None,
-                 flush_secs: int = 30):
+    def __init__(self, run_dir: str | Path, enabled: bool = True, resume_step: int | None = None, flush_secs: int = 30):
         self.enabled = enabled
         self.run_dir = Path(run_dir)
         self._writer = None
@@ -102,8 +111,7 @@ class MetricsLogger:
         if dropped:
             atomic_write_text(path, "".join(kept))
         self._jsonl = open(path, "a", encoding="utf-8")
-        self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=resume_step,
-                                     flush_secs=flush_secs)
+        self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=resume_step, flush_secs=flush_secs)
 
     @property
     def tb_dir(self) -> Path:

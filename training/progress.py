@@ -19,9 +19,18 @@ def _clock_text(seconds: float) -> str:
 class ProgressReporter:
     """`update(n, loss=..., img_s=...)` after each step; `close()` at the end of the epoch."""
 
-    def __init__(self, total: int | None, desc: str = "", enabled: bool = True, use_bar: bool | None = None,
-                 every_steps: int = 100, every_seconds: float = 60.0, stream: TextIO | None = None,
-                 unit: str = "step", clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        total: int | None,
+        desc: str = "",
+        enabled: bool = True,
+        use_bar: bool | None = None,
+        every_steps: int = 100,
+        every_seconds: float = 60.0,
+        stream: TextIO | None = None,
+        unit: str = "step",
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.total, self.desc, self.enabled, self.unit = total, desc, enabled, unit
         self.every_steps, self.every_seconds = max(1, every_steps), every_seconds
         self.stream = sys.stderr if stream is None else stream
@@ -38,8 +47,9 @@ class ProgressReporter:
         if use_bar:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=desc or None, unit=unit, file=self.stream, dynamic_ncols=True,
-                             leave=True)
+            self._bar = tqdm(
+                total=total, desc=desc or None, unit=unit, file=self.stream, dynamic_ncols=True, leave=True
+            )
 
     def update(self, n: int = 1, **stats: float) -> None:
         if not self.enabled:

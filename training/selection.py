@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from training.atomic_files import atomic_write_text
+from bioscale.training.atomic_files import atomic_write_text
 
 RESULT_FILE = "result.json"
 
@@ -33,6 +33,7 @@ RESULT_FILE = "result.json"
 class EpochErrors:
     """Errors (fractions in [0, 1]) measured at the end of one epoch; top-5 and
     test may be None (fewer than 6 classes, or a split not evaluated)."""
+
     epoch: int
     val_top1_err: float
     val_top5_err: float | None = None
@@ -97,15 +98,22 @@ def select_epoch(history: Sequence[EpochErrors | Mapping[str, Any]], window: int
         for f in fields(EpochErrors)[1:]:
             _check_fraction(e.epoch, f.name, getattr(e, f.name))
     width = min(window, len(epochs))
-    means = [sum(_val_key(e) for e in epochs[i:i + width]) / width for i in range(len(epochs) - width + 1)]
+    means = [sum(_val_key(e) for e in epochs[i : i + width]) / width for i in range(len(epochs) - width + 1)]
     start = min(range(len(means)), key=lambda i: means[i])  # min() keeps the earliest of equal means
-    chosen = epochs[start:start + width]
+    chosen = epochs[start : start + width]
     best = min(chosen, key=_val_key)
     return Selection(
-        selected_epoch=best.epoch, val_top1_err=best.val_top1_err, val_top5_err=best.val_top5_err,
-        test_top1_err=best.test_top1_err, test_top5_err=best.test_top5_err, epochs_completed=len(epochs),
-        window_first_epoch=chosen[0].epoch, window_last_epoch=chosen[-1].epoch,
-        window_mean_val_top1_err=means[start], window_end=chosen[-1])
+        selected_epoch=best.epoch,
+        val_top1_err=best.val_top1_err,
+        val_top5_err=best.val_top5_err,
+        test_top1_err=best.test_top1_err,
+        test_top5_err=best.test_top5_err,
+        epochs_completed=len(epochs),
+        window_first_epoch=chosen[0].epoch,
+        window_last_epoch=chosen[-1].epoch,
+        window_mean_val_top1_err=means[start],
+        window_end=chosen[-1],
+    )
 
 
 def _finite_or_none(value: Any) -> Any:

@@ -13,18 +13,18 @@ from pathlib import Path
 
 import torch
 
-from algorithms import Updater, angles_to_bp, build_learner, build_rule
-from distributed import all_reduce_sum, init_distributed, local_device, read_environment
-from distributed.gradient_sync import all_reduce_gradients
-from models import get_arch
-from training.checkpoint import CheckpointManager, check_compatible, load_weights
-from training.config import ConfigError, ExperimentConfig
-from training.divergence import check_step, check_weights
-from training.evaluation import evaluate
-from training.host_memory import keep_freed_memory
-from training.metrics import MetricsLogger
-from training.progress import ProgressReporter
-from training.selection import select_epoch, write_result
+from bioscale.algorithms import Updater, angles_to_bp, build_learner, build_rule
+from bioscale.distributed import all_reduce_sum, init_distributed, local_device, read_environment
+from bioscale.distributed.gradient_sync import all_reduce_gradients
+from bioscale.models import get_arch
+from bioscale.training.checkpoint import CheckpointManager, check_compatible, load_weights
+from bioscale.training.config import ConfigError, ExperimentConfig
+from bioscale.training.divergence import check_step, check_weights
+from bioscale.training.evaluation import evaluate
+from bioscale.training.host_memory import keep_freed_memory
+from bioscale.training.metrics import MetricsLogger
+from bioscale.training.progress import ProgressReporter
+from bioscale.training.selection import select_epoch, write_result
 
 log = logging.getLogger("bioscale.train")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -49,9 +49,15 @@ class Trainer:
         self.is_main = self.env.rank == 0
         self.autocast = torch.bfloat16 if cfg.distributed.precision == "bf16" else None
         self._build_data()
-        self.learner = build_learner(cfg.model.arch, cfg.algorithm, seed=cfg.seed, device=self.device,
-                                     dtype=DTYPES[cfg.model.dtype], input_shape=self.train_reader.image_shape,
-                                     num_classes=self.num_classes)
+        self.learner = build_learner(
+            cfg.model.arch,
+            cfg.algorithm,
+            seed=cfg.seed,
+            device=self.device,
+            dtype=DTYPES[cfg.model.dtype],
+            input_shape=self.train_reader.image_shape,
+            num_classes=self.num_classes,
+        )
         if init_from:
             weights = load_weights(init_from)
             check_compatible(self.learner.state_dict(), weights, init_from)
@@ -66,31 +72,46 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _build_data(self):
-        from data_pipeline import build_reader, open_split
+        from bioscale.data_pipeline import build_reader, open_split
 
         cfg, root = self.cfg, Path(self.cfg.data.path)
-        common = dict(kind=cfg.data.reader, rank=self.env.rank, world_size=self.env.world_size, seed=cfg.seed,
-                      num_workers=cfg.data.num_workers, augment=cfg.data.augment,
-                      device="cpu" if self.device.type == "cpu" else str(self.device))
+        common = dict(
+            kind=cfg.data.reader,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+            seed=cfg.seed,
+            num_workers=cfg.data.num_workers,
+            augment=cfg.data.augment,
+            device="cpu" if self.device.type == "cpu" else str(self.device),
+        )
         info = open_split(root / "train")
         self.num_classes = info.num_classes
         self.train_reader = build_reader(info, train=True, batch_size=cfg.data.batch_size_per_rank, **common)
         eval_batch = cfg.data.eval_batch_size_per_rank or cfg.data.batch_size_per_rank
-        self.eval_readers = {split: build_reader(root / split, train=False, batch_size=eval_batch, **common)
-                             for split in cfg.train.eval_splits}
+        self.eval_readers = {
+            split: build_reader(root / split, train=False, batch_size=eval_batch, **common)
+            for split in cfg.train.eval_splits
+        }
         if self.is_main:
-            log.info("data %s: %d training samples, %d classes, input %s, global batch %d (%d × %d ranks)",
-                     root, info.num_samples, info.num_classes, self.train_reader.image_shape,
-                     cfg.data.batch_size_per_rank * self.env.world_size, cfg.data.batch_size_per_rank,
-                     self.env.world_size)
+            log.info(
+                "data %s: %d training samples, %d classes, input %s, global batch %d (%d × %d ranks)",
+                root,
+                info.num_samples,
+                info.num_classes,
+                self.train_reader.image_shape,
+                cfg.data.batch_size_per_rank * self.env.world_size,
+                cfg.data.batch_size_per_rank,
+                self.env.world_size,
+            )
 
     def _build_updater(self):
         if self.cfg.distributed.backend == "deepspeed":
-            from distributed.deepspeed_engine import DeepSpeedUpdater
+            from bioscale.distributed.deepspeed_engine import DeepSpeedUpdater
 
             try:
-                return DeepSpeedUpdater(self.learner, self.cfg.optim, self.cfg.distributed,
-                                        self.cfg.data.batch_size_per_rank)
+                return DeepSpeedUpdater(
+                    self.learner, self.cfg.optim, self.cfg.distributed, self.cfg.data.batch_size_per_rank
+                )
             except ValueError as exc:
                 raise ConfigError(f"config: {exc}") from None
         return Updater(self.learner, self.cfg.optim, grad_sync=all_reduce_gradients)
@@ -101,9 +122,15 @@ class Trainer:
         return self.cfg.distributed.backend == "deepspeed"
 
     def _state(self) -> dict:
-        state = {"step": self.step, "epoch": self.epoch, "history": list(self.history),
-                 "reader": self.train_reader.state_dict(), "epoch_stats": self.epoch_stats.clone(),
-                 "config": self.cfg.to_dict(), "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+        state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "history": list(self.history),
+            "reader": self.train_reader.state_dict(),
+            "epoch_stats": self.epoch_stats.clone(),
+            "config": self.cfg.to_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+        }
         if not self.deepspeed:  # DeepSpeed saves (sharded) weights and optimizer state itself
             state.update(model=self.learner.state_dict(), optim=self.updater.state_dict())
         return state
@@ -112,8 +139,12 @@ class Trainer:
         check_weights(self.step, self.learner)  # never save NaN weights over the last good state
         self.metrics.flush()
         if self.deepspeed:  # every rank writes its shard
-            self.updater.save(self.run_dir / "checkpoints" / "deepspeed", f"step_{self.step:010d}", self._state(),
-                              self.cfg.train.keep_checkpoints)
+            self.updater.save(
+                self.run_dir / "checkpoints" / "deepspeed",
+                f"step_{self.step:010d}",
+                self._state(),
+                self.cfg.train.keep_checkpoints,
+            )
         elif self.is_main:
             self.checkpoints.save(self._state(), self.step)
 
@@ -127,8 +158,10 @@ class Trainer:
         saved = state["config"]
         for section in ("model", "algorithm"):
             if saved[section] != self.cfg.to_dict()[section]:
-                raise ConfigError(f"{self.run_dir} holds a run with a different {section} config "
-                                  f"({saved[section]}); use another --out or the same config")
+                raise ConfigError(
+                    f"{self.run_dir} holds a run with a different {section} config "
+                    f"({saved[section]}); use another --out or the same config"
+                )
         if not self.deepspeed:
             self.learner.load_state_dict(state["model"])
             self.updater.load_state_dict(state["optim"])
@@ -166,13 +199,20 @@ class Trainer:
         cfg, rule = self.cfg, self.learner.rule
         phase = rule.phase_for_epoch(self.epoch)
         self.train_reader.set_epoch(self.epoch)
-        total = len(self.train_reader) if cfg.train.max_steps_per_epoch is None else min(
-            len(self.train_reader), cfg.train.max_steps_per_epoch)
+        total = (
+            len(self.train_reader)
+            if cfg.train.max_steps_per_epoch is None
+            else min(len(self.train_reader), cfg.train.max_steps_per_epoch)
+        )
         done = self.train_reader.state_dict()["batch"]
         if done >= total:
             return
-        progress = ProgressReporter(total - done, desc=f"epoch {self.epoch} ({phase})", enabled=self.is_main,
-                                    every_steps=cfg.train.log_every_steps)
+        progress = ProgressReporter(
+            total - done,
+            desc=f"epoch {self.epoch} ({phase})",
+            enabled=self.is_main,
+            every_steps=cfg.train.log_every_steps,
+        )
         data_time = step_time = 0.0
         images_seen, t_last = 0, time.perf_counter()
         for x, y in self.train_reader:
@@ -196,8 +236,12 @@ class Trainer:
                 self._log_train(out, n, errors, images_seen, data_time, step_time)
                 data_time = step_time = 0.0
                 images_seen = 0
-            if (cfg.train.angle_every_steps and self.step % cfg.train.angle_every_steps == 0 and self.is_main
-                    and not (self.deepspeed and cfg.distributed.zero_stage == 3)):  # ZeRO-3: weights are sharded
+            if (
+                cfg.train.angle_every_steps
+                and self.step % cfg.train.angle_every_steps == 0
+                and self.is_main
+                and not (self.deepspeed and cfg.distributed.zero_stage == 3)
+            ):  # ZeRO-3: weights are sharded
                 angles = angles_to_bp(self.learner, x, y)
                 self.metrics.log_scalars(self.step, {f"layer{l}/angle_to_bp_deg": a for l, a in angles.items()})
             if cfg.train.checkpoint_every_steps and self.step % cfg.train.checkpoint_every_steps == 0:
@@ -211,13 +255,17 @@ class Trainer:
         # so one small all-reduce of the sums is safe here.
         local = sorted(out.trace.local_losses.items())
         inverse = sorted(out.inverse_losses.items())
-        sums = torch.tensor([out.task_loss.item(), errors, n] + [v.item() for _, v in local + inverse],
-                            dtype=torch.float64)
+        sums = torch.tensor(
+            [out.task_loss.item(), errors, n] + [v.item() for _, v in local + inverse], dtype=torch.float64
+        )
         sums = all_reduce_sum(sums)
         total = max(sums[2].item(), 1)
-        scalars = {"train/loss": sums[0].item() / total, "train/top1_err": sums[1].item() / total,
-                   "perf/images_per_sec": images_seen * self.env.world_size / max(data_time + step_time, 1e-9),
-                   "perf/data_time_pct": 100.0 * data_time / max(data_time + step_time, 1e-9)}
+        scalars = {
+            "train/loss": sums[0].item() / total,
+            "train/top1_err": sums[1].item() / total,
+            "perf/images_per_sec": images_seen * self.env.world_size / max(data_time + step_time, 1e-9),
+            "perf/data_time_pct": 100.0 * data_time / max(data_time + step_time, 1e-9),
+        }
         for name, lr in self.updater.learning_rates().items():
             scalars[f"opt/lr_{name}"] = lr
         for i, (l, _) in enumerate(local):
@@ -229,8 +277,11 @@ class Trainer:
 
     def _end_epoch(self):
         stats = all_reduce_sum(self.epoch_stats.clone())
-        record = {"epoch": self.epoch, "train_top1_err": stats[0].item() / max(stats[1].item(), 1),
-                  "train_loss": stats[2].item() / max(stats[1].item(), 1)}
+        record = {
+            "epoch": self.epoch,
+            "train_top1_err": stats[0].item() / max(stats[1].item(), 1),
+            "train_loss": stats[2].item() / max(stats[1].item(), 1),
+        }
         for split, reader in self.eval_readers.items():
             res = evaluate(self.learner.net, reader, self.device, self.autocast)
             record[f"{split}_top1_err"] = res["top1_err"]
@@ -242,19 +293,27 @@ class Trainer:
                 scalars[f"{split}/top5_err"] = record[f"{split}_top5_err"]
         self.metrics.log_scalars(self.step, scalars)
         if self.is_main:
-            log.info("epoch %d: %s", self.epoch, ", ".join(f"{k}={v:.4f}" for k, v in record.items()
-                                                          if isinstance(v, float)))
+            log.info(
+                "epoch %d: %s", self.epoch, ", ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float))
+            )
         self.history.append(record)
         self.epoch += 1
         self.epoch_stats.zero_()
         self.save_checkpoint()
         if self.is_main and "val" in self.eval_readers:
-            write_result(self.run_dir, select_epoch(self.history, self.cfg.train.selection_window),
-                         self._result_extra())
+            write_result(
+                self.run_dir, select_epoch(self.history, self.cfg.train.selection_window), self._result_extra()
+            )
 
     def _result_extra(self) -> dict:
-        return {"name": self.cfg.name, "arch": self.cfg.model.arch, "rule": self.cfg.algorithm.rule,
-                "world_size": self.env.world_size, "steps": self.step, "history": self.history}
+        return {
+            "name": self.cfg.name,
+            "arch": self.cfg.model.arch,
+            "rule": self.cfg.algorithm.rule,
+            "world_size": self.env.world_size,
+            "steps": self.step,
+            "history": self.history,
+        }
 
     def _finish(self) -> dict:
         if "val" not in self.eval_readers:
@@ -268,6 +327,11 @@ class Trainer:
 
 def _hparams(cfg: ExperimentConfig) -> dict:
     d = cfg.to_dict()
-    keep = {"model": d["model"], "algorithm": d["algorithm"], "optim": d["optim"],
-            "batch_size_per_rank": d["data"]["batch_size_per_rank"], "seed": d["seed"]}
+    keep = {
+        "model": d["model"],
+        "algorithm": d["algorithm"],
+        "optim": d["optim"],
+        "batch_size_per_rank": d["data"]["batch_size_per_rank"],
+        "seed": d["seed"],
+    }
     return keep

@@ -80,30 +80,52 @@ def run(args: argparse.Namespace) -> dict:
     import tempfile
     from pathlib import Path
 
-    from data_pipeline import build_reader, open_split, prepare
+    from bioscale.data_pipeline import build_reader, open_split, prepare
 
     with tempfile.TemporaryDirectory(prefix="bioscale-bench-data-") as tmp:
         if args.shards:
             split, source = Path(args.shards), str(args.shards)
         else:
             _synthetic_folder(Path(tmp) / "raw", args.images)
-            prepare("folder", Path(tmp) / "shards", Path(tmp) / "raw", val_size=0, shard_size=256,
-                    workers=args.workers, progress=False)
+            prepare(
+                "folder",
+                Path(tmp) / "shards",
+                Path(tmp) / "raw",
+                val_size=0,
+                shard_size=256,
+                workers=args.workers,
+                progress=False,
+            )
             split, source = Path(tmp) / "shards" / "train", f"synthetic {args.images} JPEG ~400x350 q90"
         info = open_split(split)
-        readers = {kind: build_reader(info, kind=kind, train=True, batch_size=args.batch_size,
-                                      augment="crop", image_size=args.image_size, num_workers=args.workers)
-                   for kind in ("dali", "wds")}
+        readers = {
+            kind: build_reader(
+                info,
+                kind=kind,
+                train=True,
+                batch_size=args.batch_size,
+                augment="crop",
+                image_size=args.image_size,
+                num_workers=args.workers,
+            )
+            for kind in ("dali", "wds")
+        }
         for reader in readers.values():  # warm-up: page cache, pipeline build, first fork
             _measure(reader)
         runs = {kind: [] for kind in readers}
         for _ in range(max(1, args.repeats)):
             for kind, reader in readers.items():  # interleaved, so load changes hit both alike
                 runs[kind].append(_measure(reader))
-    result = {"source": source, "num_samples": info.num_samples, "batch_size": args.batch_size,
-              "workers": args.workers, "image_size": args.image_size, "cpu_count": os.cpu_count(),
-              "transform": f"random-resized-crop {args.image_size} + flip, normalised float32 NCHW",
-              "device": "cpu"}
+    result = {
+        "source": source,
+        "num_samples": info.num_samples,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "image_size": args.image_size,
+        "cpu_count": os.cpu_count(),
+        "transform": f"random-resized-crop {args.image_size} + flip, normalised float32 NCHW",
+        "device": "cpu",
+    }
     for kind, name in (("dali", "dali"), ("wds", "pil")):
         rates = [n / wall for n, wall, _ in runs[kind]]
         cpu_ms = [1000 * cpu / n for n, _, cpu in runs[kind]]

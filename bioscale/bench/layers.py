@@ -19,22 +19,26 @@ under the same setting.
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from algorithms import OptimConfig, RuleConfig, Updater, build_learner
+from bioscale.algorithms import OptimConfig, RuleConfig, Updater, build_learner
 from bioscale.bench.timing import Context
-from models.locally_connected import LocallyConnected2d
-from training.host_memory import keep_freed_memory
+from bioscale.models.locally_connected import LocallyConnected2d
+from bioscale.training.host_memory import keep_freed_memory
 
 # ICLR 2018 CIFAR-10 LC net: (out_channels, kernel, stride), SAME, input 3×32×32, tanh, then linear softmax.
 CIFAR_LC = [(32, 3, 2), (32, 3, 2), (16, 3, 1), (16, 3, 2), (10, 1, 1)]
 # ICLR 2018 ImageNet LC layers: (input C, H, W), out_channels, kernel, stride; SAME.
-IMAGENET_LC = {"i1": ((3, 224, 224), 48, 9, 4), "i2": ((48, 27, 27), 64, 5, 1),
-               "i3": ((64, 13, 13), 96, 3, 1), "i4": ((96, 6, 6), 128, 3, 1)}
+IMAGENET_LC = {
+    "i1": ((3, 224, 224), 48, 9, 4),
+    "i2": ((48, 27, 27), 64, 5, 1),
+    "i3": ((64, 13, 13), 96, 3, 1),
+    "i4": ((96, 6, 6), 128, 3, 1),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,15 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per variant (default 30, quick 2)")
     parser.add_argument("--batch", type=int, default=128, help="CIFAR net batch size")
     parser.add_argument("--imagenet-batch", type=int, default=32, help="ImageNet layer batch size")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc's allocator thresholds alone (expect page-fault noise)")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's allocator thresholds alone (expect page-fault noise)",
+    )
 
 
 def measure_sgemm_peak(ctx: Context) -> dict:
     n = 1024 if ctx.quick else 4096
     a, b = torch.randn(n, n), torch.randn(n, n)
     ms = ctx.compare({"mm": lambda: torch.mm(a, b)}, reps=3 if ctx.quick else 7)["mm"]
-    gflops = 2 * n ** 3 / ms / 1e6
+    gflops = 2 * n**3 / ms / 1e6
     ctx.results["sgemm_peak_gflops"] = gflops
     ctx.log(f"sgemm peak (torch.mm {n}²): {gflops:.0f} GFLOP/s")
     return {"sgemm_peak_gflops": round(gflops, 1)}
@@ -64,8 +71,11 @@ class _CifarNet(nn.Module):
         super().__init__()
         layers, (c, h) = [], (3, 32)
         for o, k, s in CIFAR_LC:
-            layer = (LocallyConnected2d(c, o, (h, h), k, s, "same", recompute_unfold=recompute_unfold)
-                     if kind == "lc" else nn.Conv2d(c, o, k, s, padding=k // 2))
+            layer = (
+                LocallyConnected2d(c, o, (h, h), k, s, "same", recompute_unfold=recompute_unfold)
+                if kind == "lc"
+                else nn.Conv2d(c, o, k, s, padding=k // 2)
+            )
             layers.append(layer)
             c, h = o, -(-h // s)
         self.layers = nn.ModuleList(layers)
@@ -81,6 +91,7 @@ def _train_step(net: nn.Module, x: torch.Tensor, target: torch.Tensor) -> Callab
     def step():
         net.zero_grad(set_to_none=True)
         F.cross_entropy(net(x), target).backward()
+
     return step
 
 
@@ -96,20 +107,30 @@ def measure_cifar(ctx: Context) -> dict:
     torch.manual_seed(0)
     x, target = torch.randn(ctx.batch, 3, 32, 32), torch.randint(0, 10, (ctx.batch,))
     lc = _CifarNet("lc")
-    ms = ctx.compare({"lc": _train_step(lc, x, target),
-                      "lc_recompute": _train_step(_CifarNet("lc", recompute_unfold=True), x, target),
-                      "conv": _train_step(_CifarNet("conv"), x, target)})
+    ms = ctx.compare(
+        {
+            "lc": _train_step(lc, x, target),
+            "lc_recompute": _train_step(_CifarNet("lc", recompute_unfold=True), x, target),
+            "conv": _train_step(_CifarNet("conv"), x, target),
+        }
+    )
     ratio = ms["lc"] / ms["conv"]
     # Both nets do the same layer FLOPs; the floor is the LC GEMMs alone at the measured sgemm peak.
     gflop, peak = _step_gflop(lc, ctx.batch), ctx.results.get("sgemm_peak_gflops")
     floor = f", LC GEMMs at sgemm peak alone {gflop / peak * 1e3:.1f} ms" if peak else ""
-    ctx.log(f"CIFAR LC net fwd+bwd, batch {ctx.batch}: LC {ms['lc']:.1f} ms "
-            f"(recompute_unfold {ms['lc_recompute']:.1f} ms), conv twin {ms['conv']:.1f} ms, ratio {ratio:.2f}; "
-            f"{gflop:.2f} GFLOP: LC {gflop / ms['lc'] * 1e3:.0f} GFLOP/s, conv {gflop / ms['conv'] * 1e3:.0f} GFLOP/s"
-            f"{floor}")
-    out = {"cifar_lc_ms": round(ms["lc"], 2), "cifar_lc_recompute_ms": round(ms["lc_recompute"], 2),
-           "cifar_conv_ms": round(ms["conv"], 2), "cifar_lc_vs_conv_ratio": round(ratio, 3),
-           "cifar_step_gflop": round(gflop, 3)}
+    ctx.log(
+        f"CIFAR LC net fwd+bwd, batch {ctx.batch}: LC {ms['lc']:.1f} ms "
+        f"(recompute_unfold {ms['lc_recompute']:.1f} ms), conv twin {ms['conv']:.1f} ms, ratio {ratio:.2f}; "
+        f"{gflop:.2f} GFLOP: LC {gflop / ms['lc'] * 1e3:.0f} GFLOP/s, conv {gflop / ms['conv'] * 1e3:.0f} GFLOP/s"
+        f"{floor}"
+    )
+    out = {
+        "cifar_lc_ms": round(ms["lc"], 2),
+        "cifar_lc_recompute_ms": round(ms["lc_recompute"], 2),
+        "cifar_conv_ms": round(ms["conv"], 2),
+        "cifar_lc_vs_conv_ratio": round(ratio, 3),
+        "cifar_step_gflop": round(gflop, 3),
+    }
     if peak:
         out["cifar_lc_gemm_floor_ms"] = round(gflop / peak * 1e3, 2)
     return out
@@ -121,6 +142,7 @@ def _layer_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callab
         if x.grad is not None:
             x.grad = None
         layer(x).backward(grad)
+
     return step
 
 
@@ -134,18 +156,27 @@ def measure_imagenet_layers(ctx: Context) -> dict:
         # The first layer's input gradient is never needed; the others' is.
         x = torch.randn(n, c, h, w, requires_grad=name != "i1")
         grad = torch.randn(n, o, *lc.output_size)
-        ms = ctx.compare({"lc": _layer_step(lc, x, grad), "conv": _layer_step(conv, x, grad)},
-                         reps=min(ctx.reps, 3 if ctx.quick else 10))
+        ms = ctx.compare(
+            {"lc": _layer_step(lc, x, grad), "conv": _layer_step(conv, x, grad)},
+            reps=min(ctx.reps, 3 if ctx.quick else 10),
+        )
         passes = 3 if x.requires_grad else 2  # forward, weight gradient[, input gradient]
         gflop = 2 * n * lc.num_positions * o * lc.fan_in * passes / 1e9
         lc_gflops, conv_gflops = gflop / ms["lc"] * 1e3, gflop / ms["conv"] * 1e3
         frac = f", {lc_gflops / peak:.0%} of sgemm peak" if peak else ""
-        ctx.log(f"ImageNet {name} fwd+bwd, batch {n}: LC {ms['lc']:.1f} ms ({lc_gflops:.0f} GFLOP/s{frac}), "
-                f"conv {ms['conv']:.1f} ms ({conv_gflops:.0f} GFLOP/s), ratio {ms['lc'] / ms['conv']:.2f}")
-        out.update({f"imagenet_{name}_lc_ms": round(ms["lc"], 2), f"imagenet_{name}_conv_ms": round(ms["conv"], 2),
-                    f"imagenet_{name}_lc_vs_conv_ratio": round(ms["lc"] / ms["conv"], 3),
-                    f"imagenet_{name}_lc_gflops": round(lc_gflops, 1),
-                    f"imagenet_{name}_conv_gflops": round(conv_gflops, 1)})
+        ctx.log(
+            f"ImageNet {name} fwd+bwd, batch {n}: LC {ms['lc']:.1f} ms ({lc_gflops:.0f} GFLOP/s{frac}), "
+            f"conv {ms['conv']:.1f} ms ({conv_gflops:.0f} GFLOP/s), ratio {ms['lc'] / ms['conv']:.2f}"
+        )
+        out.update(
+            {
+                f"imagenet_{name}_lc_ms": round(ms["lc"], 2),
+                f"imagenet_{name}_conv_ms": round(ms["conv"], 2),
+                f"imagenet_{name}_lc_vs_conv_ratio": round(ms["lc"] / ms["conv"], 3),
+                f"imagenet_{name}_lc_gflops": round(lc_gflops, 1),
+                f"imagenet_{name}_conv_gflops": round(conv_gflops, 1),
+            }
+        )
         if peak:
             out[f"imagenet_{name}_lc_peak_fraction"] = round(lc_gflops / peak, 3)
         del lc, conv, x, grad
@@ -175,10 +206,15 @@ def measure_transpose(ctx: Context) -> dict:
 
     ms = ctx.compare({"explicit": explicit, "dummy": dummy})
     ratio = ms["dummy"] / ms["explicit"]
-    ctx.log(f"LC transpose, CIFAR net layers, batch {ctx.batch}: explicit {ms['explicit']:.2f} ms, "
-            f"dummy-forward autograd {ms['dummy']:.2f} ms ({ratio:.2f}× slower)")
-    return {"transpose_explicit_ms": round(ms["explicit"], 3), "transpose_dummy_forward_ms": round(ms["dummy"], 3),
-            "transpose_dummy_vs_explicit_ratio": round(ratio, 3)}
+    ctx.log(
+        f"LC transpose, CIFAR net layers, batch {ctx.batch}: explicit {ms['explicit']:.2f} ms, "
+        f"dummy-forward autograd {ms['dummy']:.2f} ms ({ratio:.2f}× slower)"
+    )
+    return {
+        "transpose_explicit_ms": round(ms["explicit"], 3),
+        "transpose_dummy_forward_ms": round(ms["dummy"], 3),
+        "transpose_dummy_vs_explicit_ratio": round(ratio, 3),
+    }
 
 
 def measure_dtp_vs_bp_step(ctx: Context) -> dict:
@@ -192,11 +228,17 @@ def measure_dtp_vs_bp_step(ctx: Context) -> dict:
         updater = Updater(build_learner("iclr_cifar_lc", RuleConfig(rule=rule), seed=0), OptimConfig())
         steps[rule] = (lambda u: lambda: u.step(x, y))(updater)
     ms = ctx.compare(steps)
-    ctx.log(f"CIFAR LC net step, batch {ctx.batch}: BP {ms['bp']:.1f} ms, DTP {ms['dtp']:.1f} ms "
-            f"({ms['dtp'] / ms['bp']:.2f}×), SDTP {ms['sdtp']:.1f} ms ({ms['sdtp'] / ms['bp']:.2f}×)")
-    return {"bp_step_ms": round(ms["bp"], 2), "dtp_step_ms": round(ms["dtp"], 2), "sdtp_step_ms": round(ms["sdtp"], 2),
-            "dtp_vs_bp_step_ratio": round(ms["dtp"] / ms["bp"], 3),
-            "sdtp_vs_bp_step_ratio": round(ms["sdtp"] / ms["bp"], 3)}
+    ctx.log(
+        f"CIFAR LC net step, batch {ctx.batch}: BP {ms['bp']:.1f} ms, DTP {ms['dtp']:.1f} ms "
+        f"({ms['dtp'] / ms['bp']:.2f}×), SDTP {ms['sdtp']:.1f} ms ({ms['sdtp'] / ms['bp']:.2f}×)"
+    )
+    return {
+        "bp_step_ms": round(ms["bp"], 2),
+        "dtp_step_ms": round(ms["dtp"], 2),
+        "sdtp_step_ms": round(ms["sdtp"], 2),
+        "dtp_vs_bp_step_ratio": round(ms["dtp"] / ms["bp"], 3),
+        "sdtp_vs_bp_step_ratio": round(ms["sdtp"] / ms["bp"], 3),
+    }
 
 
 MEASUREMENTS: list[Callable[[Context], dict]] = [
@@ -213,12 +255,16 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     try:
         malloc_tuned = False if args.default_malloc else keep_freed_memory()
-        ctx = Context(quick=args.quick, reps=args.reps or (2 if args.quick else 30), warmup=1 if args.quick else 5,
-                      batch=args.batch, imagenet_batch=args.imagenet_batch)
+        ctx = Context(
+            quick=args.quick,
+            reps=args.reps or (2 if args.quick else 30),
+            warmup=1 if args.quick else 5,
+            batch=args.batch,
+            imagenet_batch=args.imagenet_batch,
+        )
         result = {"threads": 1, "malloc_tuned": malloc_tuned, "quick": bool(args.quick), "torch": torch.__version__}
         for measure in MEASUREMENTS:
             result.update(measure(ctx))
         return result
     finally:
         torch.set_num_threads(threads)
-

@@ -9,9 +9,9 @@ import argparse
 
 import torch
 
-from algorithms import RULES, AdamConfig, OptimConfig, RuleConfig, Updater, build_learner
+from bioscale.algorithms import RULES, AdamConfig, OptimConfig, RuleConfig, Updater, build_learner
 from bioscale.bench.timing import Context
-from training.host_memory import keep_freed_memory
+from bioscale.training.host_memory import keep_freed_memory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> dict:
     keep_freed_memory()
     reps = args.reps or (2 if args.quick else 20)
     ctx = Context(quick=args.quick, reps=reps, warmup=1 if args.quick else 3, batch=args.batch, imagenet_batch=0)
-    from models import get_arch
+    from bioscale.models import get_arch
 
     shape = get_arch(args.arch).input_shape
     g = torch.Generator().manual_seed(0)
@@ -44,6 +44,10 @@ def run(args: argparse.Namespace) -> dict:
     print(f"{args.arch}, batch {args.batch}, 1 thread, median of {reps} steps (per-thread CPU time):")
     for rule in RULES:
         print(f"  {rule:7s} {ms[rule]:8.1f} ms/step  {ips[rule]:8.0f} images/s  {ratio[rule]:.2f}× BP throughput")
-    return {"arch": args.arch, "batch": args.batch, "ms_per_step": {k: round(v, 2) for k, v in ms.items()},
-            "images_per_sec": {k: round(v, 1) for k, v in ips.items()},
-            "ratio_to_bp": {k: round(v, 3) for k, v in ratio.items()}}
+    return {
+        "arch": args.arch,
+        "batch": args.batch,
+        "ms_per_step": {k: round(v, 2) for k, v in ms.items()},
+        "images_per_sec": {k: round(v, 1) for k, v in ips.items()},
+        "ratio_to_bp": {k: round(v, 3) for k, v in ratio.items()},
+    }

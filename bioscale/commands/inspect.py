@@ -17,13 +17,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_pipeline.verify import find_splits, verify_split
+    from bioscale.data_pipeline.verify import find_splits, verify_split
 
     status = 0
     for split_dir in find_splits(args.path):
         report = verify_split(split_dir, decode=not args.no_decode, workers=args.workers)
-        print(f"{report.path}: {report.dataset}/{report.split}: {report.num_samples} samples "
-              f"(manifest {report.expected}) in {report.shards} shards")
+        print(
+            f"{report.path}: {report.dataset}/{report.split}: {report.num_samples} samples "
+            f"(manifest {report.expected}) in {report.shards} shards"
+        )
         counts = [report.class_counts.get(c, 0) for c in range(len(report.classes))]
         if 0 < len(report.classes) <= 50:
             width = max(len(c) for c in report.classes)
@@ -31,8 +33,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {c:4d} {name:<{width}} {counts[c]}")
         elif report.classes:  # ImageNet: 1000 lines would bury the verdict
             low, high = counts.index(min(counts)), counts.index(max(counts))
-            print(f"  {len(counts)} classes: min {counts[low]} ({report.classes[low]}), "
-                  f"max {counts[high]} ({report.classes[high]}), mean {sum(counts) / len(counts):.1f}")
+            print(
+                f"  {len(counts)} classes: min {counts[low]} ({report.classes[low]}), "
+                f"max {counts[high]} ({report.classes[high]}), mean {sum(counts) / len(counts):.1f}"
+            )
         for problem in report.problems:
             print(f"DAMAGED {problem}", file=sys.stderr)
         if report.ok:

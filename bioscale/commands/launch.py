@@ -15,24 +15,33 @@ import sys
 
 # option -> profile key; shared with `bioscale sweep`
 CLUSTER_OPTIONS = (
-    ("--nodes", int, "nodes"), ("--gpus-per-node", int, "gpus_per_node"),
-    ("--tasks-per-node", int, "tasks_per_node"), ("--cpus-per-task", int, "cpus_per_task"),
-    ("--mem-gb", float, "mem_gb"), ("--timeout-min", int, "timeout_min"), ("--partition", str, "partition"),
-    ("--account", str, "account"), ("--qos", str, "qos"), ("--constraint", str, "constraint"),
-    ("--max-num-timeout", int, "max_num_timeout"), ("--signal-delay-s", int, "signal_delay_s"),
+    ("--nodes", int, "nodes"),
+    ("--gpus-per-node", int, "gpus_per_node"),
+    ("--tasks-per-node", int, "tasks_per_node"),
+    ("--cpus-per-task", int, "cpus_per_task"),
+    ("--mem-gb", float, "mem_gb"),
+    ("--timeout-min", int, "timeout_min"),
+    ("--partition", str, "partition"),
+    ("--account", str, "account"),
+    ("--qos", str, "qos"),
+    ("--constraint", str, "constraint"),
+    ("--max-num-timeout", int, "max_num_timeout"),
+    ("--signal-delay-s", int, "signal_delay_s"),
 )
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cluster (override the profile's keys)")
-    group.add_argument("--profile", help="cluster profile name (cluster/profiles/NAME.yaml) or YAML path; "
-                                         "default $BIOSCALE_PROFILE or 'local'")
+    group.add_argument(
+        "--profile",
+        help="cluster profile name (cluster/profiles/NAME.yaml) or YAML path; default $BIOSCALE_PROFILE or 'local'",
+    )
     for option, kind, key in CLUSTER_OPTIONS:
         group.add_argument(option, type=kind, dest=key, metavar="NAME" if kind is str else "N")
 
 
 def load_cluster_profile(args: argparse.Namespace):
-    from cluster.profile import load_profile
+    from bioscale.cluster.profile import load_profile
 
     return load_profile(args.profile, **{key: getattr(args, key) for _, _, key in CLUSTER_OPTIONS})
 
@@ -53,9 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cluster import launcher
-    from cluster.profile import ProfileError
-    from training.config import ConfigError, load_config
+    from bioscale.cluster import launcher
+    from bioscale.cluster.profile import ProfileError
+    from bioscale.training.config import ConfigError, load_config
 
     overrides = list(args.overrides)
     if args.epochs is not None:
@@ -76,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"bioscale launch: SLURM refused the job:\n{exc}\nprofile: {profile.describe()}", file=sys.stderr)
         return 1
     where = "locally" if args.local else f"to SLURM ({profile.describe()})"
-    print(f"submitted job {job.job_id} {where}\n  run directory: {run_dir}\n  logs: {run_dir / 'logs'}",
-          flush=True)
+    print(f"submitted job {job.job_id} {where}\n  run directory: {run_dir}\n  logs: {run_dir / 'logs'}", flush=True)
     if not (args.local or args.wait):
         return 0
     if args.local:
@@ -91,11 +99,13 @@ def run(args: argparse.Namespace) -> int:
         state = launcher.wait_for([job.job_id], poll_s=args.poll_s)[job.job_id]
         ok = state.state == "COMPLETED"
         if not ok:
-            from cluster import slurm_jobs
+            from bioscale.cluster import slurm_jobs
 
             err = slurm_jobs.tail(slurm_jobs.log_paths(run_dir / "logs", job.job_id)[1])
-            print(f"bioscale launch: job {job.job_id} ended {state.state} (exit {state.exit_code})\n{err}",
-                  file=sys.stderr)
+            print(
+                f"bioscale launch: job {job.job_id} ended {state.state} (exit {state.exit_code})\n{err}",
+                file=sys.stderr,
+            )
     result = launcher.read_result(run_dir)
     if ok and result:
         keys = ("selected_epoch", "val_top1_err", "test_top1_err", "epochs_completed")

@@ -12,33 +12,53 @@ DATASETS = ("imagenet", "cifar10", "mnist", "fashion-mnist", "folder")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", choices=DATASETS)
-    parser.add_argument("--src", help="raw dataset directory (fashion-mnist defaults to "
-                                      "/usr/share/datasets/fashion-mnist, the Debian package path)")
+    parser.add_argument(
+        "--src",
+        help="raw dataset directory (fashion-mnist defaults to "
+        "/usr/share/datasets/fashion-mnist, the Debian package path)",
+    )
     parser.add_argument("--out", required=True, help="output directory; gets train/, val/, test/")
-    parser.add_argument("--shard-size", type=int, help="samples per shard (default: 1000 for ImageNet and "
-                                                       "folder, 5000 CIFAR-10, 10000 MNIST-likes)")
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        help="samples per shard (default: 1000 for ImageNet and folder, 5000 CIFAR-10, 10000 MNIST-likes)",
+    )
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="parallel processes")
     parser.add_argument("--seed", type=int, default=0, help="chooses the held-out validation images")
     parser.add_argument("--val-size", type=int, default=10000, help="training images held out as validation")
     parser.add_argument("--max-side", type=int, help="downscale images whose longer side exceeds this (JPEG re-encode)")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="skip undecodable images and empty classes (counted and reported) instead of failing")
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip undecodable images and empty classes (counted and reported) instead of failing",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_pipeline import DataError, prepare
+    from bioscale.data_pipeline import DataError, prepare
 
     try:
-        summary = prepare(args.dataset, args.out, args.src, shard_size=args.shard_size, workers=args.workers,
-                          seed=args.seed, val_size=args.val_size, max_side=args.max_side, skip_bad=args.skip_bad,
-                          progress=False if args.no_progress else None)
+        summary = prepare(
+            args.dataset,
+            args.out,
+            args.src,
+            shard_size=args.shard_size,
+            workers=args.workers,
+            seed=args.seed,
+            val_size=args.val_size,
+            max_side=args.max_side,
+            skip_bad=args.skip_bad,
+            progress=False if args.no_progress else None,
+        )
     except (DataError, ValueError) as exc:
         print(f"bioscale prepare: error: {exc}", file=sys.stderr)
         return 1
     for split, s in summary.items():
-        line = f"{split}: {s['num_samples']} samples in {s['shards']} shards ({s['rewritten']} written, " \
-               f"{s['shards'] - s['rewritten']} reused) -> {os.path.join(args.out, split)}"
+        line = (
+            f"{split}: {s['num_samples']} samples in {s['shards']} shards ({s['rewritten']} written, "
+            f"{s['shards'] - s['rewritten']} reused) -> {os.path.join(args.out, split)}"
+        )
         print(line)
         if s["quirks"]:
             print("  re-encoded: " + ", ".join(f"{k}={v}" for k, v in s["quirks"].items()))

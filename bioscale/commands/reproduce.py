@@ -19,30 +19,52 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from training.reproduction.tables import TABLES  # plain data: no torch, --help stays instant
+    from bioscale.experiments.tables import TABLES  # plain data: no torch, --help stays instant
 
     parser.add_argument("table", choices=tuple(TABLES))
-    parser.add_argument("--budget", default="small", choices=("small", "paper"),
-                        help="small: minutes per row on a CPU (the default); paper: the paper's epochs")
+    parser.add_argument(
+        "--budget",
+        default="small",
+        choices=("small", "paper"),
+        help="small: minutes per row on a CPU (the default); paper: the paper's epochs",
+    )
     parser.add_argument("--out", help="output directory (runs/, results.md, results.csv, figures/)")
-    parser.add_argument("--data", help="prepared dataset directory (default: data/<dataset>; fashion-mnist is "
-                                       "prepared there from the Debian package when missing)")
+    parser.add_argument(
+        "--data",
+        help="prepared dataset directory (default: data/<dataset>; fashion-mnist is "
+        "prepared there from the Debian package when missing)",
+    )
     parser.add_argument("--seeds", type=int, help="seeds per row (default: the budget's, 1)")
-    parser.add_argument("--rows", action="append", default=[], metavar="GLOB",
-                        help="only rows whose key matches, e.g. 'fc_*' or 'fashion_mnist/lc_sdtp' (repeatable)")
-    parser.add_argument("--launcher", default="local", choices=("local", "slurm"),
-                        help="slurm: one SLURM job per run through cluster/ (when installed), then wait")
+    parser.add_argument(
+        "--rows",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only rows whose key matches, e.g. 'fc_*' or 'fashion_mnist/lc_sdtp' (repeatable)",
+    )
+    parser.add_argument(
+        "--launcher",
+        default="local",
+        choices=("local", "slurm"),
+        help="slurm: one SLURM job per run through cluster/ (when installed), then wait",
+    )
     parser.add_argument("--profile", help="cluster profile for --launcher slurm (cluster/profiles/NAME.yaml)")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures (no matplotlib needed)")
     parser.add_argument("--list", action="store_true", help="print the table's rows and configs, run nothing")
     # an option, not trailing positionals: argparse would bind those to the table's chunk and reject them
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for every run, e.g. --set data.num_workers=0 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run, e.g. --set data.num_workers=0 (repeatable)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.config import ConfigError
-    from training.reproduction import get_table, reproduce
+    from bioscale.experiments import get_table, reproduce
+    from bioscale.training.config import ConfigError
 
     table = get_table(args.table)
     if args.list:
@@ -56,25 +78,38 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data) if args.data else Path("data") / table.dataset
     if not (data / "train" / "manifest.json").exists():
         if args.data or table.dataset != "fashion-mnist":
-            print(f"bioscale reproduce: no prepared dataset at {data}; run `bioscale prepare {table.dataset} "
-                  f"--src RAW --out {data}` first (or pass --data)", file=sys.stderr)
+            print(
+                f"bioscale reproduce: no prepared dataset at {data}; run `bioscale prepare {table.dataset} "
+                f"--src RAW --out {data}` first (or pass --data)",
+                file=sys.stderr,
+            )
             return 2
-        from data_pipeline import prepare
+        from bioscale.data_pipeline import prepare
 
         prepare("fashion-mnist", data, workers=min(2, os.cpu_count() or 1), progress=False)
     executor = _slurm_executor(args, data) if args.launcher == "slurm" else None
-    context = [f"Command: `{_command(args)}`",
-               f"Machine: {platform.node()}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-               f"launcher {args.launcher}."]
+    context = [
+        f"Command: `{_command(args)}`",
+        f"Machine: {platform.node()}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+        f"launcher {args.launcher}.",
+    ]
     try:
-        summary = reproduce(table, args.budget, data=data, out=args.out, seeds=args.seeds, rows=args.rows,
-                            overrides=args.overrides, executor=executor, figures=not args.no_figures,
-                            context=context)
+        summary = reproduce(
+            table,
+            args.budget,
+            data=data,
+            out=args.out,
+            seeds=args.seeds,
+            rows=args.rows,
+            overrides=args.overrides,
+            executor=executor,
+            figures=not args.no_figures,
+            context=context,
+        )
     except (ConfigError, ValueError) as exc:
         print(f"bioscale reproduce: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {summary.markdown} and {summary.csv} ({len(summary.figures)} figures) "
-          f"in {summary.wall_s:.0f} s")
+    print(f"wrote {summary.markdown} and {summary.csv} ({len(summary.figures)} figures) in {summary.wall_s:.0f} s")
     return 0 if all(r.status == "ok" for r in summary.results) else 1
 
 
@@ -95,8 +130,8 @@ def _slurm_executor(args: argparse.Namespace, data: Path):
     """One SLURM job per run through cluster/ (the only layer allowed to import it is this
     CLI); without cluster/ installed the table runs here, locally."""
     try:
-        from cluster import launcher
-        from cluster.profile import load_profile
+        from bioscale.cluster import launcher
+        from bioscale.cluster.profile import load_profile
     except ImportError as exc:
         print(f"bioscale reproduce: --launcher slurm needs cluster/ ({exc}); running locally", file=sys.stderr)
         return None

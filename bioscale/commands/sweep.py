@@ -34,26 +34,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-wait", action="store_true", help="submit what is due and return; re-run to continue")
     parser.add_argument("--poll-s", type=float, default=15.0, help="seconds between SLURM state checks")
     add_cluster_arguments(parser)
-    parser.add_argument("words", nargs="*", metavar="[run|status|report] key=value",
-                        help="action (default run), then config overrides for every trial")
+    parser.add_argument(
+        "words",
+        nargs="*",
+        metavar="[run|status|report] key=value",
+        help="action (default run), then config overrides for every trial",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from cluster import launcher, slurm_jobs
-    from cluster.profile import ProfileError
-    from cluster.sweep import Sweep, make_spec, run_sweep
-    from cluster.sweep_report import summary, write_report
-    from training.config import ConfigError
+    from bioscale.cluster import launcher, slurm_jobs
+    from bioscale.cluster.profile import ProfileError
+    from bioscale.cluster.sweep import Sweep, make_spec, run_sweep
+    from bioscale.cluster.sweep_report import summary, write_report
+    from bioscale.training.config import ConfigError
 
     words = list(args.words)
     action = words.pop(0) if words and words[0] in ACTIONS else "run"
     bad = [w for w in words if "=" not in w]
     if bad:
-        print(f"bioscale sweep: unexpected {bad[0]!r}: the action is one of {', '.join(ACTIONS)} (first), "
-              "the rest are key=value overrides", file=sys.stderr)
+        print(
+            f"bioscale sweep: unexpected {bad[0]!r}: the action is one of {', '.join(ACTIONS)} (first), "
+            "the rest are key=value overrides",
+            file=sys.stderr,
+        )
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     root = Path(args.out)
@@ -66,8 +73,22 @@ def run(args: argparse.Namespace) -> int:
         starting = args.config is not None or args.trials is not None
         if starting and (args.trials is None or args.data is None):
             raise ConfigError("a new sweep needs --config, --data and --trials (and --space, default paper)")
-        spec = make_spec(args.config, words, args.data, args.space, args.trials, args.seed, args.epochs,
-                         args.prune_after_epochs, args.keep, args.name) if starting else None
+        spec = (
+            make_spec(
+                args.config,
+                words,
+                args.data,
+                args.space,
+                args.trials,
+                args.seed,
+                args.epochs,
+                args.prune_after_epochs,
+                args.keep,
+                args.name,
+            )
+            if starting
+            else None
+        )
         profile = load_cluster_profile(args)
         sweep = Sweep.create_or_resume(root, spec)
     except (ConfigError, ProfileError) as exc:
@@ -78,8 +99,14 @@ def run(args: argparse.Namespace) -> int:
         print(summary(sweep, status) + (f"; submitted {', '.join(submitted)}" if submitted else ""), flush=True)
 
     try:
-        status = run_sweep(sweep, profile, max_parallel=args.max_parallel, wait=not args.no_wait,
-                           poll_s=args.poll_s, on_change=report_progress)
+        status = run_sweep(
+            sweep,
+            profile,
+            max_parallel=args.max_parallel,
+            wait=not args.no_wait,
+            poll_s=args.poll_s,
+            on_change=report_progress,
+        )
     except launcher.SubmissionError as exc:
         print(f"bioscale sweep: SLURM refused the array:\n{exc}\nprofile: {profile.describe()}", file=sys.stderr)
         return 1

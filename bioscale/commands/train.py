@@ -20,11 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", help="initialise weights from a checkpoint or state dict (not a resume)")
     parser.add_argument("--help-config", action="store_true", help="list every config key with its doc and exit")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # DeepSpeed launcher
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.forward.lr=3e-4")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.forward.lr=3e-4"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.config import ConfigError, describe, load_config
+    from bioscale.training.config import ConfigError, describe, load_config
 
     if args.help_config:
         print(describe())
@@ -38,13 +40,16 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"bioscale train: {exc}", file=sys.stderr)
         return 2
-    from distributed import exit_process, read_environment
-    from training.divergence import DivergenceError
-    from training.trainer import Trainer
+    from bioscale.distributed import exit_process, read_environment
+    from bioscale.training.divergence import DivergenceError
+    from bioscale.training.trainer import Trainer
 
     env = read_environment()
-    logging.basicConfig(level=logging.INFO if env.rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {env.rank}] %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO if env.rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank {env.rank}] %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         trainer = Trainer(cfg, init_from=args.init_from)
         result = trainer.fit()
@@ -55,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"bioscale train: {exc}; the last good checkpoint in {cfg.out}/checkpoints is kept", file=sys.stderr)
         return 3
     if env.rank == 0 and "test_top1_err" in result:
-        summary = {k: result[k] for k in ("selected_epoch", "val_top1_err", "test_top1_err", "test_top5_err")
-                   if k in result}
+        summary = {
+            k: result[k] for k in ("selected_epoch", "val_top1_err", "test_top1_err", "test_top5_err") if k in result
+        }
         print(json.dumps(summary))
     if env.world_size > 1:
         exit_process(0)

@@ -22,8 +22,19 @@ def softmax(z):
     return e / e.sum(dim=1, keepdim=True)
 
 
-def oracle_step(params, x, y, rule, lr, phase="both", alpha=0.1, inverse_loss="denoising", noise=None,
-                feedback=None, aux_projection=None):
+def oracle_step(
+    params,
+    x,
+    y,
+    rule,
+    lr,
+    phase="both",
+    alpha=0.1,
+    inverse_loss="denoising",
+    noise=None,
+    feedback=None,
+    aux_projection=None,
+):
     """Return (new_params, info) after one SGD step. info holds targets ĥ_l and gaps h_l − ĥ_l."""
     W, b = params["W"], params["b"]
     V, c = params.get("V", {}), params.get("c", {})
@@ -106,7 +117,7 @@ def oracle_step(params, x, y, rule, lr, phase="both", alpha=0.1, inverse_loss="d
         r = g(l, f_out)
         tgt = h[l - 1] if inverse_loss == "denoising" else h_noisy
         inv_loss[l] = 0.5 * ((r - tgt) ** 2).sum()
-        d = (r - tgt) * (1 - r ** 2)
+        d = (r - tgt) * (1 - r**2)
         new["V"][l] = V[l] - lr * (d.T @ f_out)
         new["c"][l] = c[l] - lr * d.sum(0)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from algorithms import RULES, AdamConfig, OptimConfig, RuleConfig, Updater, angles_to_bp, build_learner
+from bioscale.algorithms import RULES, AdamConfig, OptimConfig, RuleConfig, Updater, angles_to_bp, build_learner
 
 TP = ("dtp", "sdtp", "aosdtp")
 
@@ -31,7 +31,7 @@ def train(arch, rule, x, y, readout_only=False, epochs=4):
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x) - 31, 32):
-            idx = perm[i:i + 32]
+            idx = perm[i : i + 32]
             updater.step(x[idx], y[idx])
     with torch.no_grad():
         err = (learner.net(x).argmax(1) != y).float().mean().item()

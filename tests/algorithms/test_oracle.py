@@ -8,22 +8,29 @@ import itertools
 import pytest
 import torch
 
-from algorithms import RuleConfig, build_learner
+from bioscale.algorithms import RuleConfig, build_learner
 from tests.algorithms.oracle import oracle_step
 
 ARCH, IN, CLASSES, N, LR = "neurips_mnist_fc", (16,), 5, 6, 0.05
 TP = ("dtp", "sdtp", "aosdtp")
 CASES = [(r, "parallel", None, 0.0) for r in ("bp", "fa", "dfa")] + [
-    (r, s, il, sigma) for r, s, il, sigma in itertools.product(TP, ("parallel", "alternating"),
-                                                                ("denoising", "noise_preserving"), (0.0, 0.2))
+    (r, s, il, sigma)
+    for r, s, il, sigma in itertools.product(
+        TP, ("parallel", "alternating"), ("denoising", "noise_preserving"), (0.0, 0.2)
+    )
 ]
 
 
 def make(rule, schedule, inverse_loss, sigma, aux_dim=7):
     tp = rule in TP
-    cfg = RuleConfig(rule=rule, schedule=schedule if tp else None, inverse_loss=inverse_loss,
-                     sigma=sigma if tp else None, alpha=0.3 if rule == "dtp" else None,
-                     aux_dim=aux_dim if rule == "aosdtp" else None)
+    cfg = RuleConfig(
+        rule=rule,
+        schedule=schedule if tp else None,
+        inverse_loss=inverse_loss,
+        sigma=sigma if tp else None,
+        alpha=0.3 if rule == "dtp" else None,
+        aux_dim=aux_dim if rule == "aosdtp" else None,
+    )
     learner = build_learner(ARCH, cfg, seed=3, dtype=torch.float64, input_shape=IN, num_classes=CLASSES)
     return learner, cfg
 
@@ -79,8 +86,10 @@ def noise_for(learner, x, sigma, seed=1):
         hs = [x]
         for block in learner.net.blocks[:-1]:
             hs.append(block(hs[-1]))
-    return {l: sigma * torch.randn(hs[l - 1].shape, generator=g, dtype=torch.float64)
-            for l in range(2, learner.net.depth + 1)}
+    return {
+        l: sigma * torch.randn(hs[l - 1].shape, generator=g, dtype=torch.float64)
+        for l in range(2, learner.net.depth + 1)
+    }
 
 
 def assert_params_match(learner, expected, tol=1e-10):
@@ -100,8 +109,9 @@ def test_one_step_matches_oracle(rule, schedule, inverse_loss, sigma):
     phases = ["both"] if schedule == "parallel" else ["inverse", "forward"]  # alternating: one of each
     for phase in phases:
         before = snapshot(learner)
-        expected, info = oracle_step(before, x, y, rule, LR, phase=phase, alpha=0.3, inverse_loss=il,
-                                     noise=noise, **oracle_extras(learner))
+        expected, info = oracle_step(
+            before, x, y, rule, LR, phase=phase, alpha=0.3, inverse_loss=il, noise=noise, **oracle_extras(learner)
+        )
         out, grads_at_h = project_step(learner, x, y, phase, noise)
         assert_params_match(learner, expected)
         if phase != "inverse":

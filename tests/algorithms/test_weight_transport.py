@@ -1,5 +1,6 @@
-"""SDTP, AO-SDTP, FA and DFA (and DTP below its penultimate layer) use no forward weight of a higher layer in a lower layer's
-update. After the forward pass, W_{l+1} is overwritten in place (`no_grad().copy_`): BP's
+"""SDTP, AO-SDTP, FA and DFA (and DTP below its penultimate layer) use no forward weight of a
+higher layer in a lower layer's update. After the forward pass, W_{l+1} is overwritten in place
+(`no_grad().copy_`): BP's
 backward then raises (autograd's version check — it needed W_{l+1}), while the other rules'
 updates of every layer ≤ l are bit-for-bit unchanged. (Replacing the Parameter object
 would prove nothing: the graph keeps the old tensor; `.data.copy_` would change BP silently.)"""
@@ -9,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from algorithms import RuleConfig, build_learner
+from bioscale.algorithms import RuleConfig, build_learner
 
 RULES_WITHOUT_TRANSPORT = ("fa", "dfa", "dtp", "sdtp", "aosdtp")
 

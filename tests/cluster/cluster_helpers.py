@@ -15,11 +15,18 @@ ROOT = Path(__file__).resolve().parents[2]
 def bioscale(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
     """Run the real CLI as a user would."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BIOSCALE_PROFILE": "local"}
-    proc = subprocess.run([sys.executable, "-m", "bioscale", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bioscale", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"bioscale {' '.join(map(str, args))} exited {proc.returncode}:\n"
-                             f"{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"bioscale {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -32,8 +39,12 @@ def submitted_job_id(stdout: str) -> str:
 
 def sacct_runs(job_id: str) -> list[tuple[str, str]]:
     """Every run of a job (requeues included, `sacct -D`): (state, exit code)."""
-    out = subprocess.run(["sacct", "-D", "-X", "-P", "-n", "-o", "JobID,State,ExitCode", "-j", job_id],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["sacct", "-D", "-X", "-P", "-n", "-o", "JobID,State,ExitCode", "-j", job_id],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [(p[1].split()[0], p[2]) for p in (line.split("|") for line in out.splitlines()) if p[0] == job_id]
 
 

@@ -70,8 +70,11 @@ def slurm():
         if _script("status", timeout=60).returncode != 0:
             up = _script("up")
             if up.returncode != 0:
-                pytest.fail(f"local SLURM did not start (cluster/local_slurm.sh up, exit {up.returncode}):\n"
-                            f"{up.stderr}{up.stdout}", pytrace=False)
+                pytest.fail(
+                    f"local SLURM did not start (cluster/local_slurm.sh up, exit {up.returncode}):\n"
+                    f"{up.stderr}{up.stdout}",
+                    pytrace=False,
+                )
             STARTED_BY_TESTS.write_text(str(os.getpid()))
         SESSIONS.mkdir(parents=True, exist_ok=True)
         me.write_text("")

@@ -22,8 +22,9 @@ pytestmark = pytest.mark.slurm
 def _jobs_named(name: str) -> tuple[str, str]:
     """What squeue and sacct know of jobs called `name` (both must be empty)."""
     queued = subprocess.run(["squeue", "-h", "-n", name], capture_output=True, text=True, check=True).stdout
-    accounted = subprocess.run(["sacct", "-X", "-n", "-S", "now-6hours", "--name", name], capture_output=True,
-                               text=True, check=True).stdout
+    accounted = subprocess.run(
+        ["sacct", "-X", "-n", "-S", "now-6hours", "--name", name], capture_output=True, text=True, check=True
+    ).stdout
     return queued.strip(), accounted.strip()
 
 
@@ -33,20 +34,34 @@ def _unique(prefix: str) -> str:
 
 def test_unknown_partition_shows_slurms_error(slurm, shards, fast_config, tmp_path):
     name = _unique("nopart")
-    proc = bioscale("launch", "--config", fast_config, "--data", shards, "--out", tmp_path, "--name", name,
-                    "--partition", "no_such_partition")
+    proc = bioscale(
+        "launch",
+        "--config",
+        fast_config,
+        "--data",
+        shards,
+        "--out",
+        tmp_path,
+        "--name",
+        name,
+        "--partition",
+        "no_such_partition",
+    )
     assert proc.returncode == 1
     assert "SLURM refused the job" in proc.stderr and "invalid partition" in proc.stderr.lower(), proc.stderr
     assert "partition=no_such_partition" in proc.stderr  # says which profile/override asked for it
     assert _jobs_named(f"bioscale-{name}") == ("", "")
 
 
-@pytest.mark.parametrize("override,message", [
-    ("algorithm.alpha=0.1", "algorithm.alpha applies to rule 'dtp' only"),
-    ("optim.forward.lr=-1", "optim.forward.lr = -1.0: must be > 0"),
-    ("model.arch=resnet", "unknown architecture 'resnet'"),
-    ("train.eval_splits=[test]", "train.eval_splits must include val"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("algorithm.alpha=0.1", "algorithm.alpha applies to rule 'dtp' only"),
+        ("optim.forward.lr=-1", "optim.forward.lr = -1.0: must be > 0"),
+        ("model.arch=resnet", "unknown architecture 'resnet'"),
+        ("train.eval_splits=[test]", "train.eval_splits must include val"),
+    ],
+)
 def test_invalid_config_is_rejected_before_submission(slurm, shards, fast_config, tmp_path, override, message):
     name = _unique("badcfg")
     proc = bioscale("launch", "--config", fast_config, "--data", shards, "--out", tmp_path, "--name", name, override)
@@ -57,15 +72,29 @@ def test_invalid_config_is_rejected_before_submission(slurm, shards, fast_config
 
 def test_missing_data_and_bad_sweep_space_are_rejected_before_submission(slurm, shards, fast_config, tmp_path):
     name = _unique("baddata")
-    proc = bioscale("launch", "--config", fast_config, "--data", tmp_path / "nowhere", "--out", tmp_path,
-                    "--name", name)
+    proc = bioscale(
+        "launch", "--config", fast_config, "--data", tmp_path / "nowhere", "--out", tmp_path, "--name", name
+    )
     assert proc.returncode == 2 and "data:" in proc.stderr and "nowhere" in proc.stderr, proc.stderr
     # a space that gives an SDTP trial a DTP-only key: every trial fails validation, no sweep is created
     space = tmp_path / "space.yaml"
     space.write_text("algorithm.alpha: {uniform: [0.01, 0.2]}\n")
     sweep_name = _unique("badspace")
-    proc = bioscale("sweep", "--config", fast_config, "--data", shards, "--out", tmp_path / "sw", "--trials", "3",
-                    "--space", space, "--name", sweep_name)
+    proc = bioscale(
+        "sweep",
+        "--config",
+        fast_config,
+        "--data",
+        shards,
+        "--out",
+        tmp_path / "sw",
+        "--trials",
+        "3",
+        "--space",
+        space,
+        "--name",
+        sweep_name,
+    )
     assert proc.returncode == 2 and "trial 0 (algorithm.alpha=" in proc.stderr, proc.stderr
     assert "applies to rule 'dtp' only" in proc.stderr and "nothing was submitted" in proc.stderr
     assert not (tmp_path / "sw" / "sweep.json").exists()
@@ -92,12 +121,21 @@ def test_crashing_and_diverging_trials_show_exit_code_and_stderr_in_status(slurm
         "crash": ["--data", bad_data, "--out", tmp_path / "crash", "--space", "paper"],
         "diverge": ["--data", shards, "--out", tmp_path / "diverge", "--space", space],
     }
-    procs = {k: subprocess.Popen([sys.executable, "-m", "bioscale", "sweep", *map(str, common + v)], cwd=ROOT,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 env={**os.environ, "OMP_NUM_THREADS": "1"}) for k, v in runs.items()}
+    procs = {
+        k: subprocess.Popen(
+            [sys.executable, "-m", "bioscale", "sweep", *map(str, common + v)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for k, v in runs.items()
+    }
     for k, p in procs.items():
         out, err = p.communicate(timeout=300)
         assert p.returncode == 1, f"{k}: {out}\n{err}"  # the sweep did not complete
+
     def status(name: str, expected: str) -> str:  # accounting may lag the end of the job by a moment
         def shows() -> str | None:
             out = bioscale("sweep", "status", "--out", tmp_path / name, check=True).stdout

@@ -16,8 +16,21 @@ pytestmark = pytest.mark.slurm
 
 
 def test_launch_trains_and_writes_result(slurm, shards, fast_config, tmp_path):
-    proc = bioscale("launch", "--config", fast_config, "--data", shards, "--out", tmp_path, "--name", "one",
-                    "--wait", "--poll-s", "1", check=True)
+    proc = bioscale(
+        "launch",
+        "--config",
+        fast_config,
+        "--data",
+        shards,
+        "--out",
+        tmp_path,
+        "--name",
+        "one",
+        "--wait",
+        "--poll-s",
+        "1",
+        check=True,
+    )
     job = submitted_job_id(proc.stdout)
     run = tmp_path / "one"
     res = result(run)
@@ -56,13 +69,26 @@ def test_two_task_job_matches_one_process_with_the_global_batch(slurm, shards, f
     # weight differences within a few steps, which would hide a real mismatch.
     common = ["--config", fast_config, "--data", shards, "--out", tmp_path]
     overrides = ["algorithm.rule=bp", "model.dtype=float64", "train.eval_splits=[val]"]
-    two = bioscale("launch", *common, "--name", "two", "--tasks-per-node", "2", *overrides,
-                   "data.batch_size_per_rank=16", check=True)
+    two = bioscale(
+        "launch",
+        *common,
+        "--name",
+        "two",
+        "--tasks-per-node",
+        "2",
+        *overrides,
+        "data.batch_size_per_rank=16",
+        check=True,
+    )
     job = submitted_job_id(two.stdout)
     # meanwhile the same training as one local process (no SLURM) with batch 32
     bioscale("launch", *common, "--name", "one", "--local", *overrides, "data.batch_size_per_rank=32", check=True)
-    wait_until(lambda: sacct_runs(job) and sacct_runs(job)[-1][0] not in ("PENDING", "RUNNING"), 300,
-               f"job {job} to end", interval=1)
+    wait_until(
+        lambda: sacct_runs(job) and sacct_runs(job)[-1][0] not in ("PENDING", "RUNNING"),
+        300,
+        f"job {job} to end",
+        interval=1,
+    )
     assert sacct_runs(job)[-1] == ("COMPLETED", "0:0"), (tmp_path / "two" / "logs" / f"{job}_0_log.err").read_text()
     rank1_log = (tmp_path / "two" / "logs" / f"{job}_1_log.err").read_text()
     assert "Job completed successfully" in rank1_log

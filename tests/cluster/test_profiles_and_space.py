@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from cluster.profile import ProfileError, load_profile
-from cluster.search_space import as_overrides, load_space, paper_space, sample
-from training.config import ConfigError, load_config
+from bioscale.cluster.profile import ProfileError, load_profile
+from bioscale.cluster.search_space import as_overrides, load_space, paper_space, sample
+from bioscale.training.config import ConfigError, load_config
 
 
 def test_local_profile_becomes_submitit_parameters():
@@ -26,12 +26,15 @@ def test_gpu_profile_runs_one_task_per_gpu_and_cli_overrides_win():
     assert "command line" in p.source
 
 
-@pytest.mark.parametrize("text,message", [
-    ("partitoin: x\n", "unknown profile key 'partitoin' (did you mean 'partition'?)"),
-    ("nodes: two\n", "nodes: expected int"),
-    ("timeout_min: 1\nsignal_delay_s: 90\n", "signal_delay_s = 90: must be shorter than the time limit"),
-    ("- a\n", "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("partitoin: x\n", "unknown profile key 'partitoin' (did you mean 'partition'?)"),
+        ("nodes: two\n", "nodes: expected int"),
+        ("timeout_min: 1\nsignal_delay_s: 90\n", "signal_delay_s = 90: must be shorter than the time limit"),
+        ("- a\n", "must be a mapping"),
+    ],
+)
 def test_bad_profile_files_name_the_key(tmp_path, text, message):
     path = tmp_path / "site.yaml"
     path.write_text(text)
@@ -44,14 +47,38 @@ def test_unknown_profile_name_lists_the_known_ones():
         load_profile("locl")
 
 
-@pytest.mark.parametrize("rule,keys", [
-    ("bp", {"optim.forward.lr", "optim.forward.beta2", "optim.forward.eps"}),
-    ("fa", {"optim.forward.lr", "optim.forward.beta2", "optim.forward.eps"}),
-    ("sdtp", {"optim.forward.lr", "optim.forward.beta2", "optim.forward.eps", "optim.inverse.lr",
-              "optim.inverse.beta2", "optim.inverse.eps", "algorithm.sigma"}),
-    ("dtp", {"optim.forward.lr", "optim.forward.beta2", "optim.forward.eps", "optim.inverse.lr",
-             "optim.inverse.beta2", "optim.inverse.eps", "algorithm.sigma", "algorithm.alpha"}),
-])
+@pytest.mark.parametrize(
+    "rule,keys",
+    [
+        ("bp", {"optim.forward.lr", "optim.forward.beta2", "optim.forward.eps"}),
+        ("fa", {"optim.forward.lr", "optim.forward.beta2", "optim.forward.eps"}),
+        (
+            "sdtp",
+            {
+                "optim.forward.lr",
+                "optim.forward.beta2",
+                "optim.forward.eps",
+                "optim.inverse.lr",
+                "optim.inverse.beta2",
+                "optim.inverse.eps",
+                "algorithm.sigma",
+            },
+        ),
+        (
+            "dtp",
+            {
+                "optim.forward.lr",
+                "optim.forward.beta2",
+                "optim.forward.eps",
+                "optim.inverse.lr",
+                "optim.inverse.beta2",
+                "optim.inverse.eps",
+                "algorithm.sigma",
+                "algorithm.alpha",
+            },
+        ),
+    ],
+)
 def test_paper_space_per_rule_samples_within_table_4(rule, keys):
     space = paper_space(rule)
     assert set(space) == keys
@@ -80,19 +107,24 @@ def test_sampling_is_seeded_and_independent_of_the_number_of_trials():
 
 def test_space_file(tmp_path):
     path = tmp_path / "space.yaml"
-    path.write_text("optim.forward.lr: {log_uniform: [1.0e-4, 1.0e-2]}\ntrain.epochs: 3\n"
-                    "optim.forward.beta2: {choice: [0.9, 0.99]}\n")
+    path.write_text(
+        "optim.forward.lr: {log_uniform: [1.0e-4, 1.0e-2]}\ntrain.epochs: 3\n"
+        "optim.forward.beta2: {choice: [0.9, 0.99]}\n"
+    )
     space = load_space(str(path), "bp")
     v = sample(space, 0, 0)
     assert v["train.epochs"] == 3 and 1e-4 <= v["optim.forward.lr"] <= 1e-2
 
 
-@pytest.mark.parametrize("text,message", [
-    ("optim.forward.lr: {loguniform: [1, 2]}\n", "a distribution is one of"),
-    ("optim.forward.lr: {uniform: [2, 1]}\n", "needs low < high"),
-    ("optim.forward.lr: {log_uniform: [0, 1]}\n", "needs low > 0"),
-    ("[1, 2]\n", "non-empty mapping"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("optim.forward.lr: {loguniform: [1, 2]}\n", "a distribution is one of"),
+        ("optim.forward.lr: {uniform: [2, 1]}\n", "needs low < high"),
+        ("optim.forward.lr: {log_uniform: [0, 1]}\n", "needs low > 0"),
+        ("[1, 2]\n", "non-empty mapping"),
+    ],
+)
 def test_bad_space_files(tmp_path, text, message):
     path = tmp_path / "space.yaml"
     path.write_text(text)

@@ -33,11 +33,28 @@ def seconds_per_epoch(shards, config, tmp_path: Path) -> float:
     """This machine's time for one epoch of `config` (training and evaluation),
     measured with a short local run between its two epoch ends."""
     out = tmp_path / "speed"
-    subprocess.run([sys.executable, "-m", "bioscale", "train", "--config", str(config), "--data", str(shards),
-                    "--out", str(out), "--epochs", "2", *COMMON], check=True, capture_output=True, timeout=300,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"})
-    ends = [r["time"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-            if "val/top1_err" in r]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bioscale",
+            "train",
+            "--config",
+            str(config),
+            "--data",
+            str(shards),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            *COMMON,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    ends = [r["time"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val/top1_err" in r]
     return max(ends[1] - ends[0], 0.05)
 
 
@@ -52,10 +69,32 @@ class Jobs:
 
     def submit(self, specs: dict[str, tuple]) -> None:
         """Submit through the CLI (several in parallel: job ids, i.e. priorities, in any order)."""
-        procs = {name: subprocess.Popen(
-            [sys.executable, "-m", "bioscale", "launch", "--config", str(self.config), "--data", str(self.shards),
-             "--out", str(self.tmp), "--name", name, "--epochs", str(epochs), *map(str, options), *COMMON],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name, (epochs, *options) in specs.items()}
+        procs = {
+            name: subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bioscale",
+                    "launch",
+                    "--config",
+                    str(self.config),
+                    "--data",
+                    str(self.shards),
+                    "--out",
+                    str(self.tmp),
+                    "--name",
+                    name,
+                    "--epochs",
+                    str(epochs),
+                    *map(str, options),
+                    *COMMON,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for name, (epochs, *options) in specs.items()
+        }
         for name, proc in procs.items():
             out, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, f"launch {name}: {err}"
@@ -78,8 +117,12 @@ class Jobs:
 
     def finished(self, name: str) -> list[tuple[str, str]]:
         job = self.ids[name]
-        runs = wait_until(lambda: (r := sacct_runs(job)) and r[-1][0] not in ("PENDING", "RUNNING", "REQUEUED")
-                          and r, 400, f"job {job} ({name}) to end", interval=1)
+        runs = wait_until(
+            lambda: (r := sacct_runs(job)) and r[-1][0] not in ("PENDING", "RUNNING", "REQUEUED") and r,
+            400,
+            f"job {job} ({name}) to end",
+            interval=1,
+        )
         return runs
 
     def log(self, name: str) -> str:

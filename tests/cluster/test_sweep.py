@@ -28,9 +28,12 @@ algorithm.sigma: {uniform: [0.01, 0.3]}
 
 
 def _sweep_jobs(name: str) -> list[str]:
-    out = subprocess.run(["sacct", "-X", "-P", "-n", "-D", "-S", "now-6hours", "-o", "JobID", "--name",
-                          f"bioscale-sweep-{name}"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["sacct", "-X", "-P", "-n", "-D", "-S", "now-6hours", "-o", "JobID", "--name", f"bioscale-sweep-{name}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return out.split()
 
 
@@ -42,9 +45,33 @@ def sweep(slurm, shards, tmp_path_factory):
     (tmp / "fast.yaml").write_text(FAST_CONFIG)
     (tmp / "space.yaml").write_text(SPACE)
     name = f"sw{os.getpid()}-{int(time.time())}"  # unique: sacct remembers earlier sessions' sweeps
-    args = ["sweep", "--config", tmp / "fast.yaml", "--data", shards, "--out", tmp / "sweep", "--trials", "6",
-            "--space", tmp / "space.yaml", "--seed", "1", "--epochs", "2", "--prune-after-epochs", "1", "--keep", "2",
-            "--max-parallel", "2", "--poll-s", "1", "--name", name]
+    args = [
+        "sweep",
+        "--config",
+        tmp / "fast.yaml",
+        "--data",
+        shards,
+        "--out",
+        tmp / "sweep",
+        "--trials",
+        "6",
+        "--space",
+        tmp / "space.yaml",
+        "--seed",
+        "1",
+        "--epochs",
+        "2",
+        "--prune-after-epochs",
+        "1",
+        "--keep",
+        "2",
+        "--max-parallel",
+        "2",
+        "--poll-s",
+        "1",
+        "--name",
+        name,
+    ]
     first = bioscale(*args, check=True)
     return {"dir": tmp / "sweep", "args": args, "first": first, "name": name}
 

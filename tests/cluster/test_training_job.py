@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import signal
 
-from cluster.training_job import TrainingJob, _main_process_handles_preemption
+from bioscale.cluster.training_job import TrainingJob, _main_process_handles_preemption
 
 
 def test_checkpoint_resubmits_the_same_job_and_saves_nothing(tmp_path):

@@ -28,15 +28,13 @@ def idcoded_src(tmp_path_factory) -> Path:
     return root
 
 
-
 @pytest.fixture(scope="session")
 def idcoded_shards(idcoded_src, tmp_path_factory) -> Path:
-    from data_pipeline import prepare
+    from bioscale.data_pipeline import prepare
 
     out = tmp_path_factory.mktemp("idcoded_shards")
     prepare("mnist", out, idcoded_src, shard_size=16, val_size=20, seed=3)
     return out
-
 
 
 @pytest.fixture(scope="session")
@@ -46,15 +44,13 @@ def imagenet_src(tmp_path_factory) -> Path:
     return root
 
 
-
 @pytest.fixture(scope="session")
 def imagenet_shards(imagenet_src, tmp_path_factory) -> Path:
-    from data_pipeline import prepare
+    from bioscale.data_pipeline import prepare
 
     out = tmp_path_factory.mktemp("imagenet_shards")
     prepare("imagenet", out, imagenet_src, shard_size=4, val_size=5, seed=0)
     return out
-
 
 
 @pytest.fixture(scope="session")
@@ -64,22 +60,28 @@ def cifar_src(tmp_path_factory) -> Path:
     root.mkdir()
     rng = np.random.default_rng(1)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for b, name in enumerate(names):
+    for name in names:
         n = 7 if name == "test_batch" else 6
         images = np.stack([np.asarray(natural_image(rng, 32, 32)) for _ in range(n)])
-        batch = {b"data": images.transpose(0, 3, 1, 2).reshape(n, 3072),
-                 b"labels": [int(v) for v in rng.integers(0, 10, n)], b"batch_label": name.encode()}
+        batch = {
+            b"data": images.transpose(0, 3, 1, 2).reshape(n, 3072),
+            b"labels": [int(v) for v in rng.integers(0, 10, n)],
+            b"batch_label": name.encode(),
+        }
         (root / name).write_bytes(pickle.dumps(batch))
-    meta = {b"label_names": [w.encode() for w in ("airplane", "automobile", "bird", "cat", "deer",
-                                                   "dog", "frog", "horse", "ship", "truck")]}
+    meta = {
+        b"label_names": [
+            w.encode()
+            for w in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+        ]
+    }
     (root / "batches.meta").write_bytes(pickle.dumps(meta))
     return root.parent
 
 
-
 @pytest.fixture(scope="session")
 def cifar_shards(cifar_src, tmp_path_factory) -> Path:
-    from data_pipeline import prepare
+    from bioscale.data_pipeline import prepare
 
     out = tmp_path_factory.mktemp("cifar_shards")
     prepare("cifar10", out, cifar_src, val_size=5, shard_size=8)

@@ -79,10 +79,11 @@ def build_imagenet(root: Path, *, val_labels: str = "csv", seed: int = 0) -> dic
         ids = {"n01484850": 1, "n01440764": 2, "n01443537": 3}
         data = root / "ILSVRC2012_devkit_t12" / "data"
         data.mkdir(parents=True)
-        synsets = np.array([(i, w, 0) for w, i in ids.items()],
-                           dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")])
+        synsets = np.array(
+            [(i, w, 0) for w, i in ids.items()], dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")]
+        )
         savemat(data / "meta.mat", {"synsets": synsets})
         (data / "ILSVRC2012_validation_ground_truth.txt").write_text(
-            "\n".join(str(ids[WNIDS[t]]) for t in truth) + "\n")
+            "\n".join(str(ids[WNIDS[t]]) for t in truth) + "\n"
+        )
     return {"truth": truth}
-

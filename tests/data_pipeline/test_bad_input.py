@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_pipeline import DataError, build_reader, open_split, prepare
-from data_pipeline.shardfile import file_sha256, write_index, write_tar
-from data_pipeline.verify import verify_split
+from bioscale.data_pipeline import DataError, build_reader, open_split, prepare
+from bioscale.data_pipeline.shardfile import file_sha256, write_index, write_tar
+from bioscale.data_pipeline.verify import verify_split
 
 from .dp_helpers import encode, natural_image
 
@@ -41,8 +41,11 @@ def rewrite_shard(split_dir: Path, shard: str, edit) -> None:
     manifest = json.loads((split_dir / "manifest.json").read_text())
     for entry in manifest["shards"]:
         if entry["name"] == f"{shard}.tar":
-            entry.update(bytes=tar_path.stat().st_size, sha256=file_sha256(tar_path),
-                         index_sha256=file_sha256(split_dir / f"{shard}.idx"))
+            entry.update(
+                bytes=tar_path.stat().st_size,
+                sha256=file_sha256(tar_path),
+                index_sha256=file_sha256(split_dir / f"{shard}.idx"),
+            )
     (split_dir / "manifest.json").write_text(json.dumps(manifest))
 
 

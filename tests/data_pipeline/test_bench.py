@@ -12,8 +12,7 @@ def test_bench_data_reports_both_readers_and_the_ratio(capsys):
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", action="store_true")  # added by bioscale/commands/bench.py
     data.add_arguments(parser)
-    args = parser.parse_args(["--json", "--images", "96", "--batch-size", "16", "--repeats", "1",
-                              "--image-size", "64"])
+    args = parser.parse_args(["--json", "--images", "96", "--batch-size", "16", "--repeats", "1", "--image-size", "64"])
     result = data.run(args)
     json.dumps(result)  # the command prints it as one JSON line
     for name in ("dali", "pil"):

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from bioscale.cli import main
-from data_pipeline import build_reader, open_split
+from bioscale.data_pipeline import build_reader, open_split
 
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
 
-pytestmark = pytest.mark.skipif(not (SOURCE / "train-images-idx3-ubyte.gz").exists(),
-                                reason="dataset-fashion-mnist is not installed")
+pytestmark = pytest.mark.skipif(
+    not (SOURCE / "train-images-idx3-ubyte.gz").exists(), reason="dataset-fashion-mnist is not installed"
+)
 
 
 def test_fashion_mnist_prepare_and_read_back_with_both_readers(tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data_pipeline import build_reader
+from bioscale.data_pipeline import build_reader
 
 
 @pytest.mark.gpu

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline import DataError, open_split, prepare
-from data_pipeline.prepare import held_out
-from data_pipeline.shardfile import file_sha256
+from bioscale.data_pipeline import DataError, open_split, prepare
+from bioscale.data_pipeline.prepare import held_out
+from bioscale.data_pipeline.shardfile import file_sha256
 
 from .dp_helpers import WNIDS, build_imagenet, encode, natural_image
 
@@ -165,8 +165,7 @@ def test_cifar_pickles_round_trip(cifar_src, tmp_path):
     train, val, test = (open_split(tmp_path / s) for s in ("train", "val", "test"))
     assert (train.num_samples, val.num_samples, test.num_samples) == (25, 5, 7)
     assert train.classes[0] == "airplane" and train.image_shape == (3, 32, 32)
-    batches = [pickle.loads((cifar_src / "cifar-10-batches-py" / f"data_batch_{i}").read_bytes())
-               for i in range(1, 6)]
+    batches = [pickle.loads((cifar_src / "cifar-10-batches-py" / f"data_batch_{i}").read_bytes()) for i in range(1, 6)]
     images = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     labels = sum((b[b"labels"] for b in batches), [])
     for split in ("train", "val"):

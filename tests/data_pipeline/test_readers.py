@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from data_pipeline import build_reader, open_split
+from bioscale.data_pipeline import build_reader, open_split
 
 from .dp_helpers import decode_ids
 
@@ -28,8 +28,10 @@ def assert_close_images(batches_a, batches_b, per_image_mean: float, max_abs: fl
         assert diff.max() < max_abs
 
 
-@pytest.mark.parametrize("split,train,augment", [("test", False, "auto"), ("val", False, "none"),
-                                                  ("train", True, "auto"), ("train", True, "resize224")])
+@pytest.mark.parametrize(
+    "split,train,augment",
+    [("test", False, "auto"), ("val", False, "none"), ("train", True, "auto"), ("train", True, "resize224")],
+)
 def test_dali_and_wds_agree_on_imagenet_up_to_resampling(imagenet_shards, split, train, augment):
     kwargs = dict(train=train, batch_size=4, augment=augment, seed=11)
     wds = collect(build_reader(imagenet_shards / split, kind="wds", num_workers=0, **kwargs))
@@ -41,8 +43,12 @@ def test_dali_and_wds_agree_on_imagenet_up_to_resampling(imagenet_shards, split,
 
 
 def test_lossless_datasets_are_identical_in_both_readers(idcoded_shards, cifar_shards):
-    for path, train in ((idcoded_shards / "test", False), (idcoded_shards / "train", True),
-                        (cifar_shards / "train", True), (cifar_shards / "test", False)):
+    for path, train in (
+        (idcoded_shards / "test", False),
+        (idcoded_shards / "train", True),
+        (cifar_shards / "train", True),
+        (cifar_shards / "test", False),
+    ):
         kwargs = dict(train=train, batch_size=8, seed=5)
         wds = collect(build_reader(path, kind="wds", num_workers=2, **kwargs))
         dali = collect(build_reader(path, kind="dali", num_workers=2, **kwargs))
@@ -50,8 +56,9 @@ def test_lossless_datasets_are_identical_in_both_readers(idcoded_shards, cifar_s
 
 
 def test_cifar_padcrop_and_flip_are_applied(cifar_shards):
-    plain = collect(build_reader(cifar_shards / "train", kind="wds", train=True, batch_size=8,
-                                 augment="none", num_workers=0))
+    plain = collect(
+        build_reader(cifar_shards / "train", kind="wds", train=True, batch_size=8, augment="none", num_workers=0)
+    )
     augmented = collect(build_reader(cifar_shards / "train", kind="wds", train=True, batch_size=8, num_workers=0))
     assert plain[0][0].shape == augmented[0][0].shape == (8, 3, 32, 32)
     assert torch.equal(plain[0][1], augmented[0][1])  # same samples, only the pixels move
@@ -70,7 +77,9 @@ def test_epoch_lengths_and_batch_shapes(idcoded_shards, kind):
     train = build_reader(idcoded_shards / "train", kind=kind, train=True, batch_size=8)
     sizes = [len(y) for _, y in train]
     assert len(train) == 100 // 8 == len(sizes) and set(sizes) == {8}
-    ids = [i for x, _ in build_reader(idcoded_shards / "train", kind=kind, train=True, batch_size=8) for i in decode_ids(x)]
+    ids = [
+        i for x, _ in build_reader(idcoded_shards / "train", kind=kind, train=True, batch_size=8) for i in decode_ids(x)
+    ]
     assert len(set(ids)) == len(ids) == 96  # a permutation, 4 random samples left for the next epoch
     tiny = build_reader(idcoded_shards / "test", kind=kind, train=True, batch_size=64)
     assert len(tiny) == 1 and [len(y) for _, y in tiny] == [64]  # fewer samples than a batch: wraps
@@ -102,8 +111,9 @@ def test_training_order_is_seeded_per_epoch(idcoded_shards, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_resume_mid_epoch_gives_the_batches_that_would_have_come(imagenet_shards, kind):
     def make():
-        return build_reader(imagenet_shards / "train", kind=kind, train=True, batch_size=2, seed=4,
-                            image_size=64, num_workers=1)
+        return build_reader(
+            imagenet_shards / "train", kind=kind, train=True, batch_size=2, seed=4, image_size=64, num_workers=1
+        )
 
     full = make()
     full.set_epoch(2)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bioscale.cli import main
-from data_pipeline import prepare
+from bioscale.data_pipeline import prepare
 
 from .dp_helpers import encode, natural_image
 from .test_prepare import same_tree
@@ -41,8 +41,26 @@ def test_killed_preparation_rerun_matches_uninterrupted(large_folder, tmp_path):
     prepare("folder", tmp_path / "reference", large_folder, **args)
 
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "bioscale", "prepare", "folder", "--src", str(large_folder), "--out", str(out),
-               "--shard-size", "2", "--val-size", "8", "--max-side", "160", "--workers", "1", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "bioscale",
+        "prepare",
+        "folder",
+        "--src",
+        str(large_folder),
+        "--out",
+        str(out),
+        "--shard-size",
+        "2",
+        "--val-size",
+        "8",
+        "--max-side",
+        "160",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     records = out / "train" / ".partial"
     deadline = time.monotonic() + 120
@@ -69,8 +87,22 @@ def test_killed_preparation_rerun_matches_uninterrupted(large_folder, tmp_path):
 
 def test_cli_prepare_and_inspect(idcoded_src, tmp_path, capsys):
     out = tmp_path / "shards"
-    code = main(["prepare", "mnist", "--src", str(idcoded_src), "--out", str(out), "--val-size", "20",
-                 "--shard-size", "30", "--workers", "2"])
+    code = main(
+        [
+            "prepare",
+            "mnist",
+            "--src",
+            str(idcoded_src),
+            "--out",
+            str(out),
+            "--val-size",
+            "20",
+            "--shard-size",
+            "30",
+            "--workers",
+            "2",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "train: 100 samples in 4 shards" in printed and "test: 37 samples" in printed

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_pipeline import open_split
-from data_pipeline.shardfile import index_lines, write_tar
+from bioscale.data_pipeline import open_split
+from bioscale.data_pipeline.shardfile import index_lines, write_tar
 
 
 def test_index_is_byte_identical_to_wds2idx(imagenet_shards, idcoded_shards, tmp_path):
@@ -40,10 +40,13 @@ def test_dali_webdataset_reader_reads_our_index(imagenet_shards):
 
     @pipeline_def(batch_size=4, num_threads=1, device_id=None)
     def pipeline():
-        jpegs, labels = fn.readers.webdataset(paths=[str(s.path) for s in info.shards],
-                                              index_paths=[str(s.index_path) for s in info.shards],
-                                              ext=["jpg;png", "cls"], missing_component_behavior="error",
-                                              name="Reader")
+        jpegs, labels = fn.readers.webdataset(
+            paths=[str(s.path) for s in info.shards],
+            index_paths=[str(s.index_path) for s in info.shards],
+            ext=["jpg;png", "cls"],
+            missing_component_behavior="error",
+            name="Reader",
+        )
         return fn.decoders.image(jpegs), labels
 
     pipe = pipeline()

@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import torch
 
-from distributed import all_reduce_sum, exit_process, init_distributed, is_main_process, read_environment
+from bioscale.distributed import all_reduce_sum, exit_process, init_distributed, is_main_process, read_environment
 
 env = read_environment()
 started = init_distributed(env, backend="gloo", timeout_s=60)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from algorithms import RULES, RuleConfig, build_learner
-from models import ARCHITECTURES, build_network
+from bioscale.algorithms import RULES, RuleConfig, build_learner
+from bioscale.models import ARCHITECTURES, build_network
 
 SMALL = sorted(n for n in ARCHITECTURES if "imagenet" not in n)
 # The full-width nets (0.8–1.2·10⁹ forward weights, as many again in inverses) do not fit

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from models import LocallyConnected2d
-from models.lc_ops import Fold, Geometry, Unfold, to_hwcn
+from bioscale.models import LocallyConnected2d
+from bioscale.models.lc_ops import Fold, Geometry, Unfold, to_hwcn
 
 
 def expected_geometry(mode, n, k, s):
@@ -47,7 +47,7 @@ def naive_lc(x, weight, bias, kernel, stride, padding):
     out = x.new_empty(n, o, ho, wo)
     for i in range(ho):
         for j in range(wo):
-            patch = xp[:, :, i * sh: i * sh + kh, j * sw: j * sw + kw]  # (N, C, kh, kw)
+            patch = xp[:, :, i * sh : i * sh + kh, j * sw : j * sw + kw]  # (N, C, kh, kw)
             filt = weight[i * wo + j].reshape(o, kh, kw, c)
             out[:, :, i, j] = torch.einsum("ncab,oabc->no", patch, filt) + bias[:, i, j]
     return out
@@ -100,10 +100,20 @@ def test_equals_naive_loop(c, o, size, kernel, stride, padding):
     torch.testing.assert_close(out32, ref.float(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel,stride,padding,size", [
-    (3, 1, 1, (9, 7)), (3, 2, 1, (9, 8)), (5, 2, 2, (12, 9)), (9, 4, 3, (23, 17)), (1, 1, 0, (4, 6)),
-    ((3, 5), (2, 1), (1, 2), (8, 11)), (3, 1, "same", (6, 9)), (5, 1, "same", (7, 6)), (3, 2, "valid", (9, 10)),
-])
+@pytest.mark.parametrize(
+    "kernel,stride,padding,size",
+    [
+        (3, 1, 1, (9, 7)),
+        (3, 2, 1, (9, 8)),
+        (5, 2, 2, (12, 9)),
+        (9, 4, 3, (23, 17)),
+        (1, 1, 0, (4, 6)),
+        ((3, 5), (2, 1), (1, 2), (8, 11)),
+        (3, 1, "same", (6, 9)),
+        (5, 1, "same", (7, 6)),
+        (3, 2, "valid", (9, 10)),
+    ],
+)
 def test_from_conv2d_equals_conv2d(kernel, stride, padding, size):
     torch.manual_seed(1)
     conv = torch.nn.Conv2d(3, 5, kernel, stride, padding)
@@ -158,8 +168,10 @@ def test_locality(kernel, stride, padding):
         changed = (layer(x2) - base).abs() > 0
         assert not changed[0].any()  # other samples untouched
         for i, j in itertools.product(range(layer.output_size[0]), range(layer.output_size[1])):
-            inside = 0 <= r - (i * layer.stride[0] - pt) < layer.kernel_size[0] and \
-                0 <= s - (j * layer.stride[1] - pl) < layer.kernel_size[1]
+            inside = (
+                0 <= r - (i * layer.stride[0] - pt) < layer.kernel_size[0]
+                and 0 <= s - (j * layer.stride[1] - pl) < layer.kernel_size[1]
+            )
             assert bool(changed[1, :, i, j].all()) == inside and bool(changed[1, :, i, j].any()) == inside
 
 
@@ -249,7 +261,9 @@ def test_recompute_does_not_change_gradients():
     grads = []
     for recompute in (True, False):
         layer = random_layer(3, 4, (10, 7), 5, 2, "same", recompute=recompute)
-        x = torch.randn(3, 3, 10, 7, dtype=torch.float64, requires_grad=True, generator=torch.Generator().manual_seed(3))
+        x = torch.randn(
+            3, 3, 10, 7, dtype=torch.float64, requires_grad=True, generator=torch.Generator().manual_seed(3)
+        )
         torch.tanh(layer(x)).square().sum().backward()
         grads.append((x.grad, layer.weight.grad, layer.bias.grad))
     for a, b in zip(*grads):

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from algorithms import OptimConfig, RuleConfig, Updater, build_learner
-from models.architectures import ARCHITECTURES
+from bioscale.algorithms import OptimConfig, RuleConfig, Updater, build_learner
+from bioscale.models.architectures import ARCHITECTURES
 
 
 def fullwidth():
-    import models.fullwidth
+    from bioscale.models import fullwidth as module  # registers the full-width names on import
 
-    return models.fullwidth
+    return module
 
 
 def test_registered_with_all_cnn_widths():
@@ -38,8 +38,10 @@ def test_parameter_counts_printed():
         paper_name = name.replace("imagenet_lc_fullwidth_", "") + "_imagenet_lc"
         full, paper = parameter_counts(name), parameter_counts(paper_name)
         ratio = full["forward_weights"] / paper["forward_weights"]
-        print(f"{name}: {full['forward_weights']:,} forward weights ({ratio:.1f}× {paper_name}), "
-              f"{full['inverse_params']:,} inverse params")
+        print(
+            f"{name}: {full['forward_weights']:,} forward weights ({ratio:.1f}× {paper_name}), "
+            f"{full['inverse_params']:,} inverse params"
+        )
         assert full["forward_weights"] > 4 * paper["forward_weights"]
     assert parameter_counts("imagenet_lc_fullwidth_iclr")["forward_weights"] == 799_000_576
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distributed.pipeline_launch import free_port
+from bioscale.distributed.pipeline_launch import free_port
 from tests.scale.test_pipeline import assert_same
 from tests.scale.workers import reference
 
@@ -24,10 +24,29 @@ def test_two_nodes_of_two_ranks_match_single_process(tmp_path):
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OUT_DIR": str(tmp_path), "STEPS": str(STEPS), "BATCH": str(BATCH)}
     torchrun = Path(sys.executable).with_name("torchrun")
-    nodes = [subprocess.Popen([str(torchrun), "--nnodes", "2", "--nproc-per-node", "2", "--node-rank", str(n),
-                               "--master-addr", "127.0.0.1", "--master-port", str(port), str(WORKER)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for n in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            [
+                str(torchrun),
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "2",
+                "--node-rank",
+                str(n),
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                str(port),
+                str(WORKER),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for n in (0, 1)
+    ]
     logs = [p.communicate(timeout=300)[0] for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], "\n".join(logs)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(4)]
@@ -39,8 +58,10 @@ def test_two_nodes_of_two_ranks_match_single_process(tmp_path):
         for replica in (0, 1):
             state = {**ranks[replica]["jobs"][i]["state"], **ranks[2 + replica]["jobs"][i]["state"]}
             assert_same(state, ref)
-        print(f"{rule}: loss curve 2x2 {[round(v, 4) for v in ranks[0]['jobs'][i]['loss']]}, "
-              f"single process {[round(v, 4) for v in ref_losses]}")
+        print(
+            f"{rule}: loss curve 2x2 {[round(v, 4) for v in ranks[0]['jobs'][i]['loss']]}, "
+            f"single process {[round(v, 4) for v in ref_losses]}"
+        )
         assert ranks[0]["jobs"][i]["loss"] == pytest.approx(ref_losses, rel=1e-9)
     # decoupled with data parallelism: replicas all-reduce after every micro-batch and stay
     # identical; stage 0 is one step stale, stage 1 never

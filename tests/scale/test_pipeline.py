@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distributed.pipeline_launch import run_ranks
-from distributed.pipeline_schedule import PipelineConfig, one_f_one_b, partition
+from bioscale.distributed.pipeline_launch import run_ranks
+from bioscale.distributed.pipeline_schedule import PipelineConfig, one_f_one_b, partition
 from tests.scale.workers import pipeline_jobs, reference
 
 STEPS, BATCH = 3, 16
@@ -40,11 +40,21 @@ def test_plan_is_contiguous_balanced_and_1f1b():
 ALTERNATING = ["inverse", "forward", "inverse"]  # one phase per step, as epochs of the alternating schedule
 
 
-@pytest.mark.parametrize("stages, rules", [(2, ("bp", "fa", "dfa", "dtp", "sdtp", "aosdtp", "sdtp-alternating")),
-                                           (4, ("bp", "dfa", "sdtp"))])
+@pytest.mark.parametrize(
+    "stages, rules", [(2, ("bp", "fa", "dfa", "dtp", "sdtp", "aosdtp", "sdtp-alternating")), (4, ("bp", "dfa", "sdtp"))]
+)
 def test_sync_pipeline_equals_single_process(stages, rules):
-    jobs = [dict(rule=rule.split("-")[0], steps=STEPS, batch=BATCH, stages=stages, micro_batches=4,
-                 **({"phases": ALTERNATING} if rule.endswith("alternating") else {})) for rule in rules]
+    jobs = [
+        dict(
+            rule=rule.split("-")[0],
+            steps=STEPS,
+            batch=BATCH,
+            stages=stages,
+            micro_batches=4,
+            **({"phases": ALTERNATING} if rule.endswith("alternating") else {}),
+        )
+        for rule in rules
+    ]
     results = run_ranks(pipeline_jobs, stages, jobs)
     for i, rule in enumerate(rules):
         ref, ref_losses = reference(rule.split("-")[0], STEPS, BATCH, jobs[i].get("phases"))
@@ -67,10 +77,11 @@ def test_decoupled_mode_runs_and_reports_staleness():
 
 
 def test_decoupled_refuses_backprop():
-    from algorithms import build_learner, RuleConfig
-    from distributed.pipeline import Pipeline
+    from bioscale.algorithms import RuleConfig, build_learner
+    from bioscale.distributed.pipeline import Pipeline
     from tests.scale.workers import OPTIM
 
     with pytest.raises(ValueError, match="weight stashing"):
-        Pipeline(build_learner("iclr_mnist_fc", RuleConfig(rule="bp")), OPTIM,
-                 PipelineConfig(stages=1, mode="decoupled"))
+        Pipeline(
+            build_learner("iclr_mnist_fc", RuleConfig(rule="bp")), OPTIM, PipelineConfig(stages=1, mode="decoupled")
+        )

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from algorithms import AdamConfig, OptimConfig, RuleConfig, Updater, build_learner
-from distributed.pipeline import Pipeline
-from distributed.pipeline_schedule import PipelineConfig
+from bioscale.algorithms import AdamConfig, OptimConfig, RuleConfig, Updater, build_learner
+from bioscale.distributed.pipeline import Pipeline
+from bioscale.distributed.pipeline_schedule import PipelineConfig
 
 ARCH = "iclr_mnist_lc"
 OPTIM = OptimConfig(forward=AdamConfig(lr=1e-3), inverse=AdamConfig(lr=1e-3))
@@ -30,8 +30,10 @@ def make_batches(rule: str, steps: int, batch: int, dtype=torch.float64, seed: i
     for _ in range(steps):
         x = torch.randn(batch, *learner.net.input_shape, generator=g, dtype=dtype)
         y = torch.randint(0, 10, (batch,), generator=g)
-        noise = {l: 0.1 * torch.randn(batch, *learner.net.blocks[l - 1].in_shape, generator=g, dtype=dtype)
-                 for l in learner.rule.inverse_layers(learner.net.depth)}
+        noise = {
+            l: 0.1 * torch.randn(batch, *learner.net.blocks[l - 1].in_shape, generator=g, dtype=dtype)
+            for l in learner.rule.inverse_layers(learner.net.depth)
+        }
         out.append((x, y, noise) if noise else (x, y))
     return out
 

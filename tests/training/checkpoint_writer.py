@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from training.checkpoint import CheckpointManager
+from bioscale.training.checkpoint import CheckpointManager
 
 
 def stop_here():

@@ -14,9 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from training.checkpoint import (CheckpointError, CheckpointManager, CheckpointWarning, check_compatible,
-                                 load_weights)
-from training.config import ExperimentConfig
+from bioscale.training.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    CheckpointWarning,
+    check_compatible,
+    load_weights,
+)
+from bioscale.training.config import ExperimentConfig
 
 REPO = Path(__file__).resolve().parents[2]
 WRITER = Path(__file__).with_name("checkpoint_writer.py")
@@ -57,8 +62,13 @@ def test_keep_one(tmp_path):
 def test_rng_states_and_config_round_trip(tmp_path):
     torch.manual_seed(3), random.seed(3), np.random.seed(3)
     cfg = ExperimentConfig()
-    full = {"torch_rng": torch.get_rng_state(), "py_rng": random.getstate(), "np_rng": np.random.get_state(),
-            "config": cfg.to_dict(), **state(5)}
+    full = {
+        "torch_rng": torch.get_rng_state(),
+        "py_rng": random.getstate(),
+        "np_rng": np.random.get_state(),
+        "config": cfg.to_dict(),
+        **state(5),
+    }
     ckpt = CheckpointManager(tmp_path)
     ckpt.save(full, 5)
     expected = (torch.rand(3), random.random(), np.random.rand())
@@ -68,11 +78,14 @@ def test_rng_states_and_config_round_trip(tmp_path):
     assert ExperimentConfig.from_dict(back["config"]) == cfg
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (lambda p: p.write_bytes(p.read_bytes()[:-100]), "truncated"),
-    (lambda p: p.write_bytes(p.read_bytes()[:200] + b"X" * 50 + p.read_bytes()[250:]), "corrupted"),
-    (lambda p: p.unlink(), "missing"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:-100]), "truncated"),
+        (lambda p: p.write_bytes(p.read_bytes()[:200] + b"X" * 50 + p.read_bytes()[250:]), "corrupted"),
+        (lambda p: p.unlink(), "missing"),
+    ],
+)
 def test_damaged_newest_falls_back_to_previous(tmp_path, damage, reason):
     ckpt = CheckpointManager(tmp_path, keep=3)
     for step in (1, 2, 3):
@@ -127,8 +140,13 @@ def test_save_after_resuming_earlier_drops_the_abandoned_future(tmp_path):
 @pytest.mark.parametrize("point", ["pickle", "fsync", "marker"])
 def test_sigkill_mid_save_keeps_previous_checkpoint(tmp_path, point):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    child = subprocess.Popen([sys.executable, str(WRITER), str(tmp_path), point], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, str(WRITER), str(tmp_path), point],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = child.stdout.readline()
         assert line == "mid-save\n", line + child.stderr.read()
@@ -151,7 +169,10 @@ def test_sigkill_mid_save_keeps_previous_checkpoint(tmp_path, point):
     assert leftovers or point == "marker"  # the killed save's temp file
     ckpt.save({"step": 2, "w": torch.zeros(3)}, 2)  # the resumed run saves again and cleans up
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        "latest", "step_0000000001.pt", "step_0000000002.pt"]
+        "latest",
+        "step_0000000001.pt",
+        "step_0000000002.pt",
+    ]
     assert ckpt.load_latest()["step"] == 2
 
 
@@ -167,12 +188,15 @@ class Payload:  # an arbitrary object: weights_only=True must refuse to unpickle
     pass
 
 
-@pytest.mark.parametrize("content, match", [
-    (None, "no such weights file"),
-    ({"w": Payload()}, r"not loadable as plain weights \(torch.load weights_only=True\)"),
-    ({"w": torch.ones(1), "note": "x"}, r"entries \['note'\] are not tensors"),
-    ([torch.ones(1)], "expected a state dict of tensors"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (None, "no such weights file"),
+        ({"w": Payload()}, r"not loadable as plain weights \(torch.load weights_only=True\)"),
+        ({"w": torch.ones(1), "note": "x"}, r"entries \['note'\] are not tensors"),
+        ([torch.ones(1)], "expected a state dict of tensors"),
+    ],
+)
 def test_load_weights_rejects(tmp_path, content, match):
     path = tmp_path / "w.pt"
     if content is not None:

@@ -15,9 +15,19 @@ import pytest
 from tests.datasets import prepare_small_fashion
 from tests.training.test_multiprocess import free_port
 
-COMMON = ["model.arch=iclr_mnist_lc", "data.num_workers=0", "data.batch_size_per_rank=16", "train.angle_every_steps=0",
-          "train.max_steps_per_epoch=12", "train.checkpoint_every_steps=5", "train.eval_splits=[val]",
-          "algorithm.rule=sdtp", "algorithm.sigma=0.0", "optim.forward.lr=0.001", "optim.inverse.lr=0.001"]
+COMMON = [
+    "model.arch=iclr_mnist_lc",
+    "data.num_workers=0",
+    "data.batch_size_per_rank=16",
+    "train.angle_every_steps=0",
+    "train.max_steps_per_epoch=12",
+    "train.checkpoint_every_steps=5",
+    "train.eval_splits=[val]",
+    "algorithm.rule=sdtp",
+    "algorithm.sigma=0.0",
+    "optim.forward.lr=0.001",
+    "optim.inverse.lr=0.001",
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +37,27 @@ def shards(tmp_path_factory):
 
 def torchrun(shards, out, *args, epochs=1):
     exe = Path(sys.executable).with_name("torchrun")
-    cmd = [str(exe), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           "-m", "bioscale", "train", "--data", str(shards), "--out", str(out), "--epochs", str(epochs), *COMMON, *args]
-    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=600)
+    cmd = [
+        str(exe),
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "bioscale",
+        "train",
+        "--data",
+        str(shards),
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        *COMMON,
+        *args,
+    ]
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
 
 
 def history(out):

@@ -14,8 +14,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing import event_accumulator
 
-from training.config import ExperimentConfig
-from training.metrics import MetricsLogger
+from bioscale.training.config import ExperimentConfig
+from bioscale.training.metrics import MetricsLogger
 
 
 def scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
@@ -38,7 +38,12 @@ def test_scalars_to_tensorboard_and_jsonl(tmp_path):
     lines = jsonl(tmp_path)
     assert [line["step"] for line in lines] == [0, 50, 100]
     assert {k: v for k, v in lines[-1].items() if k != "time"} == {
-        "step": 100, "train/loss": 1.0, "layer1/local_loss": 100.0, "val/top1_err": 0.25, "val/top5_err": 0.05}
+        "step": 100,
+        "train/loss": 1.0,
+        "layer1/local_loss": 100.0,
+        "val/top1_err": 0.25,
+        "val/top5_err": 0.05,
+    }
 
 
 def test_disabled_logger_writes_nothing(tmp_path):
@@ -106,12 +111,18 @@ def test_real_tensorboard_server_serves_the_run(tmp_path):
     with MetricsLogger(run, enabled=True, resume_step=None) as m:
         for epoch, err in enumerate([0.4, 0.3, 0.2], start=1):
             m.log_scalars(epoch * 100, {"val/top1_err": err, "test/top1_err": err + 0.01})
-        m.log_hparams({"algorithm": {"rule": "sdtp"}, "optim": {"forward": {"lr": 1e-4}}},
-                      {"result/test_top1_err": 0.21}, step=300)
+        m.log_hparams(
+            {"algorithm": {"rule": "sdtp"}, "optim": {"forward": {"lr": 1e-4}}},
+            {"result/test_top1_err": 0.21},
+            step=300,
+        )
     port = _free_port()
     tb_bin = Path(sys.executable).with_name("tensorboard")
-    server = subprocess.Popen([str(tb_bin), "--logdir", str(tmp_path / "runs"), "--host", "127.0.0.1",
-                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [str(tb_bin), "--logdir", str(tmp_path / "runs"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline, tags = time.monotonic() + 60, {}
@@ -125,9 +136,16 @@ def test_real_tensorboard_server_serves_the_run(tmp_path):
                 tags = {}
         points = _get(f"{base}/data/plugin/scalars/scalars?run=fmnist_sdtp/tb&tag=val/top1_err")
         assert [(step, round(value, 6)) for _, step, value in points] == [(100, 0.4), (200, 0.3), (300, 0.2)]
-        groups = _get(f"{base}/data/plugin/hparams/session_groups", {
-            "experimentName": "", "startIndex": 0, "sliceSize": 10, "colParams": [],
-            "allowedStatuses": ["STATUS_FAILURE", "STATUS_RUNNING", "STATUS_SUCCESS", "STATUS_UNKNOWN"]})
+        groups = _get(
+            f"{base}/data/plugin/hparams/session_groups",
+            {
+                "experimentName": "",
+                "startIndex": 0,
+                "sliceSize": 10,
+                "colParams": [],
+                "allowedStatuses": ["STATUS_FAILURE", "STATUS_RUNNING", "STATUS_SUCCESS", "STATUS_UNKNOWN"],
+            },
+        )
         [group] = groups["sessionGroups"]
         assert group["hparams"]["algorithm.rule"] == "sdtp"
         assert [round(v["value"], 6) for v in group["metricValues"]] == [0.21]

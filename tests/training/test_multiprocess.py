@@ -16,9 +16,19 @@ import torch
 
 from tests.datasets import prepare_small_fashion
 
-COMMON = ["model.arch=iclr_mnist_lc", "model.dtype=float64", "data.num_workers=0", "train.angle_every_steps=0", "train.log_every_steps=5",
-          "train.max_steps_per_epoch=12", "train.checkpoint_every_steps=0", "train.eval_splits=[val]",
-          "algorithm.sigma=0.0", "optim.forward.lr=0.001", "optim.inverse.lr=0.001"]
+COMMON = [
+    "model.arch=iclr_mnist_lc",
+    "model.dtype=float64",
+    "data.num_workers=0",
+    "train.angle_every_steps=0",
+    "train.log_every_steps=5",
+    "train.max_steps_per_epoch=12",
+    "train.checkpoint_every_steps=0",
+    "train.eval_splits=[val]",
+    "algorithm.sigma=0.0",
+    "optim.forward.lr=0.001",
+    "optim.inverse.lr=0.001",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +52,46 @@ def test_two_ranks_match_one_process_with_the_global_batch(shards, tmp_path, rul
     args = ["--data", str(shards), "--epochs", "1", f"algorithm.rule={rule}", *COMMON]
     if rule == "bp":
         args = [a for a in args if not a.startswith(("algorithm.sigma", "optim.inverse"))]
-    single = subprocess.run([sys.executable, "-m", "bioscale", "train", "--out", str(tmp_path / "one"), *args,
-                             "data.batch_size_per_rank=32"], env=env, capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bioscale",
+            "train",
+            "--out",
+            str(tmp_path / "one"),
+            *args,
+            "data.batch_size_per_rank=32",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr
     torchrun = Path(sys.executable).with_name("torchrun")
-    multi = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-                            str(free_port()), "-m", "bioscale", "train", "--out", str(tmp_path / "two"), *args,
-                            "data.batch_size_per_rank=16"], env=env, capture_output=True, text=True, timeout=600)
+    multi = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "bioscale",
+            "train",
+            "--out",
+            str(tmp_path / "two"),
+            *args,
+            "data.batch_size_per_rank=16",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert multi.returncode == 0, multi.stderr
     assert "global batch 32 (16 × 2 ranks)" in multi.stderr
     a, b = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")

@@ -2,7 +2,7 @@
 
 import io
 
-from training.progress import ProgressReporter
+from bioscale.training.progress import ProgressReporter
 
 
 class Clock:
@@ -17,8 +17,7 @@ class Clock:
 
 def test_log_lines_every_n_steps_and_at_close():
     out, clock = io.StringIO(), Clock()
-    with ProgressReporter(total=10, desc="epoch 1", stream=out, every_steps=4, every_seconds=1e9,
-                          clock=clock) as p:
+    with ProgressReporter(total=10, desc="epoch 1", stream=out, every_steps=4, every_seconds=1e9, clock=clock) as p:
         for _ in range(10):
             clock.now += 0.5
             p.update(1, loss=0.123456, img_s=2000)

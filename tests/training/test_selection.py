@@ -5,13 +5,15 @@ import math
 
 import pytest
 
-from training.selection import EpochErrors, select_epoch, write_result, read_result
+from bioscale.training.selection import EpochErrors, read_result, select_epoch, write_result
 
 
 def history(val, test=None):
     test = test or [v + 0.01 for v in val]
-    return [{"epoch": i + 1, "val_top1_err": v, "val_top5_err": v / 4, "test_top1_err": t,
-             "test_top5_err": t / 4} for i, (v, t) in enumerate(zip(val, test))]
+    return [
+        {"epoch": i + 1, "val_top1_err": v, "val_top5_err": v / 4, "test_top1_err": t, "test_top5_err": t / 4}
+        for i, (v, t) in enumerate(zip(val, test))
+    ]
 
 
 def test_window_with_lowest_mean_then_best_val_inside():
@@ -61,14 +63,17 @@ def test_missing_top5_and_test_are_allowed():
     assert s.hparam_metrics() == {"result/val_top1_err": 0.3}
 
 
-@pytest.mark.parametrize("hist, window, match", [
-    ([], 5, "at least one"),
-    (history([0.3, 0.2]), 0, "window must be >= 1"),
-    ([{"epoch": 1, "val_top1_err": 0.3}, {"epoch": 3, "val_top1_err": 0.2}], 5, "consecutive"),
-    ([{"epoch": 1, "val_top1_err": 30.0}], 5, "val_top1_err = 30.0 is not a fraction"),
-    ([{"epoch": 1, "val_top1_err": 0.3, "test_top1_err": -0.1}], 5, "test_top1_err"),
-    ([{"epoch": 1, "val_top1_err": None}], 5, "validation is needed"),
-])
+@pytest.mark.parametrize(
+    "hist, window, match",
+    [
+        ([], 5, "at least one"),
+        (history([0.3, 0.2]), 0, "window must be >= 1"),
+        ([{"epoch": 1, "val_top1_err": 0.3}, {"epoch": 3, "val_top1_err": 0.2}], 5, "consecutive"),
+        ([{"epoch": 1, "val_top1_err": 30.0}], 5, "val_top1_err = 30.0 is not a fraction"),
+        ([{"epoch": 1, "val_top1_err": 0.3, "test_top1_err": -0.1}], 5, "test_top1_err"),
+        ([{"epoch": 1, "val_top1_err": None}], 5, "validation is needed"),
+    ],
+)
 def test_bad_history(hist, window, match):
     with pytest.raises(ValueError, match=match):
         select_epoch(hist, window)
@@ -79,8 +84,7 @@ def test_write_and_read_result(tmp_path):
     path = write_result(tmp_path / "run", s, extra={"name": "fmnist_lc_sdtp", "world_size": 2})
     data = json.loads(path.read_text())
     assert data == read_result(tmp_path / "run")
-    for key in ("selected_epoch", "val_top1_err", "val_top5_err", "test_top1_err", "test_top5_err",
-                "epochs_completed"):
+    for key in ("selected_epoch", "val_top1_err", "val_top5_err", "test_top1_err", "test_top5_err", "epochs_completed"):
         assert key in data
     assert (data["selected_epoch"], data["epochs_completed"], data["name"]) == (3, 6, "fmnist_lc_sdtp")
     assert 0 <= data["test_top1_err"] <= 1 and data["window_end"]["epoch"] == 6

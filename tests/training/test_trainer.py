@@ -17,9 +17,14 @@ import torch
 from tests.datasets import prepare_small_fashion
 
 BASE = [
-    "model.arch=iclr_mnist_lc", "data.batch_size_per_rank=32", "data.num_workers=0",
-    "train.log_every_steps=5", "train.angle_every_steps=5", "train.checkpoint_every_steps=4",
-    "optim.forward.lr=0.001", "optim.inverse.lr=0.001",
+    "model.arch=iclr_mnist_lc",
+    "data.batch_size_per_rank=32",
+    "data.num_workers=0",
+    "train.log_every_steps=5",
+    "train.angle_every_steps=5",
+    "train.checkpoint_every_steps=4",
+    "optim.forward.lr=0.001",
+    "optim.inverse.lr=0.001",
 ]
 
 
@@ -29,8 +34,21 @@ def shards(tmp_path_factory):
 
 
 def train_cmd(data, out, *overrides, epochs=2, rule="sdtp"):
-    return [sys.executable, "-m", "bioscale", "train", "--data", str(data), "--out", str(out), "--epochs", str(epochs),
-            f"algorithm.rule={rule}", *BASE, *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "bioscale",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        f"algorithm.rule={rule}",
+        *BASE,
+        *overrides,
+    ]
 
 
 def run(cmd, **kw):
@@ -57,9 +75,21 @@ def test_train_writes_run_directory_and_tensorboard(shards, tmp_path):
     printed = json.loads(proc.stdout.strip().splitlines()[-1])
     assert printed["test_top1_err"] == result["test_top1_err"]
     tags = scalars(out / "tb")
-    for tag in ("train/loss", "train/top1_err", "val/top1_err", "val/top5_err", "test/top1_err",
-                "layer1/local_loss", "layer2/inverse_loss", "layer5/inverse_loss", "layer1/angle_to_bp_deg",
-                "perf/images_per_sec", "perf/data_time_pct", "opt/lr_forward", "opt/lr_inverse"):
+    for tag in (
+        "train/loss",
+        "train/top1_err",
+        "val/top1_err",
+        "val/top5_err",
+        "test/top1_err",
+        "layer1/local_loss",
+        "layer2/inverse_loss",
+        "layer5/inverse_loss",
+        "layer1/angle_to_bp_deg",
+        "perf/images_per_sec",
+        "perf/data_time_pct",
+        "opt/lr_forward",
+        "opt/lr_inverse",
+    ):
         assert tag in tags, f"missing TensorBoard tag {tag}; have {sorted(tags)}"
     steps_per_epoch = 1000 // 32
     assert [s for s, _ in tags["val/top1_err"]] == [steps_per_epoch, 2 * steps_per_epoch]
@@ -73,8 +103,12 @@ def test_killed_run_resumes_to_the_same_result(shards, tmp_path):
     ref = tmp_path / "ref"
     assert run(train_cmd(shards, ref)).returncode == 0
     out = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(shards, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        train_cmd(shards, out),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.time() + 300
     marker = out / "checkpoints" / "latest"
     while time.time() < deadline:  # kill mid-epoch 1, after its first checkpoint
@@ -89,8 +123,9 @@ def test_killed_run_resumes_to_the_same_result(shards, tmp_path):
     assert "resumed" in resumed.stderr
     a, b = (json.loads((d / "result.json").read_text()) for d in (ref, out))
     assert a["history"] == b["history"], "resumed run differs from the uninterrupted one"
-    ref_steps, steps = ([json.loads(line)["step"] for line in (d / "metrics.jsonl").read_text().splitlines()]
-                        for d in (ref, out))
+    ref_steps, steps = (
+        [json.loads(line)["step"] for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (ref, out)
+    )
     assert steps == ref_steps, "metrics.jsonl after resume differs from the uninterrupted run's (duplicates?)"
     tb_steps = [s for s, _ in scalars(out / "tb")["train/loss"]]
     assert tb_steps == sorted(set(tb_steps)), "TensorBoard kept points from before the resume (purge_step)"
@@ -106,11 +141,14 @@ def test_divergence_stops_with_layer_and_step(shards, tmp_path):
         assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-@pytest.mark.parametrize("override,message", [
-    ("algorithm.alpha=0.1", "algorithm.alpha applies to rule 'dtp' only"),
-    ("optim.forward.lrr=0.1", "optim.forward.lrr"),
-    ("model.arch=resnet", "unknown architecture 'resnet'"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("algorithm.alpha=0.1", "algorithm.alpha applies to rule 'dtp' only"),
+        ("optim.forward.lrr=0.1", "optim.forward.lrr"),
+        ("model.arch=resnet", "unknown architecture 'resnet'"),
+    ],
+)
 def test_bad_config_is_rejected_before_training(shards, tmp_path, override, message):
     out = tmp_path / "bad"
     proc = run(train_cmd(shards, out, override))
@@ -147,6 +185,8 @@ def test_init_from_loads_weights_but_starts_a_new_run(shards, tmp_path):
 
 def test_resume_refuses_a_different_experiment(shards, tmp_path):
     out = tmp_path / "run"
-    assert run(train_cmd(shards, out, "train.max_steps_per_epoch=2", "train.eval_splits=[val]", epochs=1)).returncode == 0
+    assert (
+        run(train_cmd(shards, out, "train.max_steps_per_epoch=2", "train.eval_splits=[val]", epochs=1)).returncode == 0
+    )
     proc = run(train_cmd(shards, out, "train.max_steps_per_epoch=2", "train.eval_splits=[val]", epochs=2, rule="bp"))
     assert proc.returncode == 2 and "different algorithm config" in proc.stderr, proc.stderr

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from algorithms import build_rule
-from models import build_network
-from training.config import load_config
-from training.reproduction.tables import TABLES
+from bioscale.algorithms import build_rule
+from bioscale.experiments.tables import TABLES
+from bioscale.models import build_network
+from bioscale.training.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ROW_FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if "base" not in p.relative_to(CONFIGS).parts)
@@ -23,8 +23,13 @@ def test_there_is_a_config_per_row_of_every_paper_table():
     # ICLR: T1 10 + T2 (20 + conv) + T3 3; NeurIPS: MNIST 19, CIFAR 19, ImageNet 6; Fashion-MNIST 38
     assert len(ROW_FILES) == 34 + 44 + 38
     assert {str(p.relative_to(CONFIGS)) for p in ROW_FILES} == set(TABLE_ROWS)
-    for path in ("fashion_mnist/fc_bp.yaml", "fashion_mnist/lc_bp.yaml", "fashion_mnist/lc_sdtp.yaml",
-                 "fashion_mnist/conv_bp.yaml", "fashion_mnist/lc_dtp_alt.yaml"):
+    for path in (
+        "fashion_mnist/fc_bp.yaml",
+        "fashion_mnist/lc_bp.yaml",
+        "fashion_mnist/lc_sdtp.yaml",
+        "fashion_mnist/conv_bp.yaml",
+        "fashion_mnist/lc_dtp_alt.yaml",
+    ):
         assert path in TABLE_ROWS
 
 
@@ -32,8 +37,13 @@ def test_there_is_a_config_per_row_of_every_paper_table():
 def test_config_dry_run(path):
     cfg = load_config(path)
     rule = build_rule(cfg.algorithm)
-    net = build_network(cfg.model.arch, with_inverses=rule.target_propagation,
-                        output_inverse=rule.uses_output_inverse, aux_dim=rule.aux_dim, device="meta")
+    net = build_network(
+        cfg.model.arch,
+        with_inverses=rule.target_propagation,
+        output_inverse=rule.uses_output_inverse,
+        aux_dim=rule.aux_dim,
+        device="meta",
+    )
     assert next(net.parameters()).is_meta
     row = TABLE_ROWS[str(path.relative_to(CONFIGS))]
     assert (cfg.model.arch, cfg.algorithm.rule, cfg.algorithm.schedule) == (row.net, row.rule, row.schedule)

@@ -13,9 +13,26 @@ import numpy as np
 
 
 def _prepare(dataset: str, src: Path, out: Path, val_size: int) -> Path:
-    subprocess.run([sys.executable, "-m", "bioscale", "prepare", dataset, "--src", str(src), "--out", str(out),
-                    "--val-size", str(val_size), "--workers", "1", "--no-progress"], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bioscale",
+            "prepare",
+            dataset,
+            "--src",
+            str(src),
+            "--out",
+            str(out),
+            "--val-size",
+            str(val_size),
+            "--workers",
+            "1",
+            "--no-progress",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return out
 
 

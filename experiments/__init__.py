@@ -1,7 +1,7 @@
 """Reproduce the paper's tables: table definitions (tables), running their rows (runner),
 the results table as CSV + Markdown (report) and figures (figures).
 
-    from training.reproduction import reproduce
+    from bioscale.experiments import reproduce
     summary = reproduce("fashion-mnist", "small", data="data/fashion-mnist", out="runs/repro")
 
 Imports training/, models/, algorithms/, data_pipeline/ only; the CLI adds the SLURM executor."""
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.reproduction.tables import TABLES, Budget, Row, Table, get_table
+from bioscale.experiments.tables import TABLES, Budget, Row, Table, get_table
 
 __all__ = ["TABLES", "Budget", "Row", "Table", "get_table", "reproduce", "Summary"]
 
@@ -27,13 +27,23 @@ class Summary:
     wall_s: float
 
 
-def reproduce(table: str | Table, budget: str | Budget = "small", *, data: str | Path, out: str | Path,
-              seeds: int | None = None, rows: Sequence[str] = (), overrides: Sequence[str] = (),
-              executor=None, figures: bool = True, context: Sequence[str] = ()) -> Summary:
+def reproduce(
+    table: str | Table,
+    budget: str | Budget = "small",
+    *,
+    data: str | Path,
+    out: str | Path,
+    seeds: int | None = None,
+    rows: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    executor=None,
+    figures: bool = True,
+    context: Sequence[str] = (),
+) -> Summary:
     """Run (or resume) every planned run of `table` at `budget`, then write OUT/results.csv,
     OUT/results.md and OUT/figures/*.png. `context`: lines put at the top of results.md
     (the command, the machine)."""
-    from training.reproduction import report, runner
+    from bioscale.experiments import report, runner
 
     table = get_table(table) if isinstance(table, str) else table
     if isinstance(budget, Budget):  # tests and scripts may pass their own
@@ -44,14 +54,15 @@ def reproduce(table: str | Table, budget: str | Budget = "small", *, data: str |
         raise ValueError(f"table {table.name!r} has no budget {budget!r}; known: {', '.join(table.budgets)}")
     out = Path(out)
     t0 = time.perf_counter()
-    runs = runner.run_table(table, chosen, data, out, seeds=seeds, rows=rows, overrides=overrides,
-                            executor=executor or runner.run_local)
+    runs = runner.run_table(
+        table, chosen, data, out, seeds=seeds, rows=rows, overrides=overrides, executor=executor or runner.run_local
+    )
     wall = time.perf_counter() - t0
     runs = runner.with_existing_seeds(runs)
     results = report.collect(table, runs)
     pictures = []
     if figures:
-        from training.reproduction import figures as figs
+        from bioscale.experiments import figures as figs
 
         first = {}
         for run in runs:
@@ -60,17 +71,22 @@ def reproduce(table: str | Table, budget: str | Budget = "small", *, data: str |
     csv_path = report.write_csv(table, results, out / "results.csv")
     note = "; ".join(t for t in (chosen.note, _budget_text(chosen)) if t)
     context = [*context, f"Wall time of this invocation: {wall:.0f} s (runs finished earlier are skipped)."]
-    md = report.write_markdown(table, results, out / "results.md", budget_note=note, context=context,
-                               figures=pictures)
+    md = report.write_markdown(table, results, out / "results.md", budget_note=note, context=context, figures=pictures)
     return Summary(csv_path, md, pictures, results, wall)
 
 
 def _budget_text(budget: Budget) -> str:
     parts = []
     if budget.epochs is not None:
-        parts.append(f"{budget.epochs} epochs" + (f" ({budget.epochs * budget.alternating_factor} for alternating "
-                                                   f"rows: every other epoch trains only the inverses)"
-                                                   if budget.alternating_factor > 1 else ""))
+        parts.append(
+            f"{budget.epochs} epochs"
+            + (
+                f" ({budget.epochs * budget.alternating_factor} for alternating "
+                f"rows: every other epoch trains only the inverses)"
+                if budget.alternating_factor > 1
+                else ""
+            )
+        )
     if budget.max_steps_per_epoch is not None:
         parts.append(f"an epoch is at most {budget.max_steps_per_epoch} steps")
     if budget.overrides:

@@ -10,16 +10,26 @@ import json
 import pytest
 
 from bioscale.cli import main
+from bioscale.experiments import Budget, get_table, reproduce
+from bioscale.experiments.report import CSV_COLUMNS, collect, write_markdown
+from bioscale.experiments.runner import WALL_FILE, plan
 from tests.datasets import prepare_small_fashion
-from tests.reproduction.standins import prepare_fake_cifar, prepare_fake_imagenet
-from training.reproduction import Budget, get_table, reproduce
-from training.reproduction.report import CSV_COLUMNS, collect, write_markdown
-from training.reproduction.runner import WALL_FILE, plan
+from tests.experiments.standins import prepare_fake_cifar, prepare_fake_imagenet
 
-TINY = Budget(epochs=2, max_steps_per_epoch=2, alternating_factor=2, overrides=(
-    "data.batch_size_per_rank=32", "data.eval_batch_size_per_rank=200", "data.num_workers=0",
-    "train.log_every_steps=1", "train.angle_every_steps=2",
-    "train.checkpoint_every_steps=0", "train.selection_window=2"))
+TINY = Budget(
+    epochs=2,
+    max_steps_per_epoch=2,
+    alternating_factor=2,
+    overrides=(
+        "data.batch_size_per_rank=32",
+        "data.eval_batch_size_per_rank=200",
+        "data.num_workers=0",
+        "train.log_every_steps=1",
+        "train.angle_every_steps=2",
+        "train.checkpoint_every_steps=0",
+        "train.selection_window=2",
+    ),
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +48,12 @@ def test_fashion_rows_end_to_end_and_rerun_skips(fashion, tmp_path):
     lines = read_csv(tmp_path / "results.csv")
     assert tuple(lines[0]) == CSV_COLUMNS
     got = {(r["rule"], r["schedule"], r["arch"]): r for r in lines}
-    assert set(got) == {("bp", "", "fc"), ("sdtp", "parallel", "lc"), ("dtp", "alternating", "fc"),
-                        ("bp", "", "neurips_conv")}
+    assert set(got) == {
+        ("bp", "", "fc"),
+        ("sdtp", "parallel", "lc"),
+        ("dtp", "alternating", "fc"),
+        ("bp", "", "neurips_conv"),
+    }
     for r in lines:
         assert r["status"] == "ok" and r["seeds"] == "1"
         assert 0.0 <= float(r["train_top1_err"]) <= 1.0 and 0.0 <= float(r["test_top1_err"]) <= 1.0
@@ -67,13 +81,19 @@ def test_fashion_rows_end_to_end_and_rerun_skips(fashion, tmp_path):
     assert " ± " in (tmp_path / "results.md").read_text()
 
 
-@pytest.mark.parametrize("table,rows,standin", [
-    ("mnist", ["neurips2018/mnist/lc_dfa", "iclr2018/mnist/fc_sdtp_alternating"], "fashion"),
-    ("cifar10", ["iclr2018/cifar10/conv_bp", "iclr2018/cifar10/lc_dtp_parallel"], "cifar"),
-    ("cifar10-aug", ["iclr2018/cifar10_aug/lc_sdtp_alternating", "neurips2018/cifar10_aug/fc_aosdtp_parallel"],
-     "cifar"),
-    ("imagenet", ["neurips2018/imagenet/conv_bp"], "imagenet"),
-])
+@pytest.mark.parametrize(
+    "table,rows,standin",
+    [
+        ("mnist", ["neurips2018/mnist/lc_dfa", "iclr2018/mnist/fc_sdtp_alternating"], "fashion"),
+        ("cifar10", ["iclr2018/cifar10/conv_bp", "iclr2018/cifar10/lc_dtp_parallel"], "cifar"),
+        (
+            "cifar10-aug",
+            ["iclr2018/cifar10_aug/lc_sdtp_alternating", "neurips2018/cifar10_aug/fc_aosdtp_parallel"],
+            "cifar",
+        ),
+        ("imagenet", ["neurips2018/imagenet/conv_bp"], "imagenet"),
+    ],
+)
 def test_other_tables_run_on_synthetic_standins(table, rows, standin, fashion, tmp_path_factory, tmp_path):
     if standin == "fashion":
         data = fashion
@@ -101,10 +121,17 @@ def test_report_aggregates_seeds_and_marks_failures(tmp_path):
         if test_err is None:
             continue
         run.run_dir.mkdir(parents=True)
-        history = [{"epoch": e, "train_top1_err": 0.05, "val_top1_err": test_err, "test_top1_err": test_err}
-                   for e in range(2)]
-        result = {"selected_epoch": 1, "val_top1_err": test_err, "test_top1_err": test_err, "epochs_completed": 2,
-                  "steps": 4, "history": history}
+        history = [
+            {"epoch": e, "train_top1_err": 0.05, "val_top1_err": test_err, "test_top1_err": test_err} for e in range(2)
+        ]
+        result = {
+            "selected_epoch": 1,
+            "val_top1_err": test_err,
+            "test_top1_err": test_err,
+            "epochs_completed": 2,
+            "steps": 4,
+            "history": history,
+        }
         (run.run_dir / "result.json").write_text(json.dumps(result))
     for dfa in (r for r in runs if r.row.rule == "dfa"):
         dfa.run_dir.mkdir(parents=True)
@@ -122,9 +149,25 @@ def test_cli_list_one_row_and_missing_data(fashion, tmp_path, capsys):
     assert "neurips2018/imagenet/lc_dtp_alternating" in capsys.readouterr().out
     rc = main(["reproduce", "cifar10", "--out", str(tmp_path / "c"), "--data", str(tmp_path / "nothing")])
     assert rc == 2 and "bioscale prepare cifar10" in capsys.readouterr().err
-    rc = main(["reproduce", "fashion-mnist", "--data", str(fashion), "--out", str(tmp_path / "f"), "--rows", "fc_sdtp",
-               "--no-figures", "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2",
-               "--set", "data.num_workers=0"])
+    rc = main(
+        [
+            "reproduce",
+            "fashion-mnist",
+            "--data",
+            str(fashion),
+            "--out",
+            str(tmp_path / "f"),
+            "--rows",
+            "fc_sdtp",
+            "--no-figures",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.max_steps_per_epoch=2",
+            "--set",
+            "data.num_workers=0",
+        ]
+    )
     assert rc == 0
     (line,) = read_csv(tmp_path / "f/results.csv")
     assert (line["rule"], line["schedule"], line["arch"], line["epochs"]) == ("sdtp", "parallel", "fc", "1")
@@ -139,19 +182,40 @@ def test_slurm_launcher_submits_each_pending_run_then_waits(fashion, tmp_path, m
     import types
 
     calls = {"launched": [], "waited": None}
-    launcher = types.ModuleType("cluster.launcher")
+    launcher = types.ModuleType("bioscale.cluster.launcher")
     launcher.active_job = lambda run_dir: "41" if run_dir.parent.name == "fc_fa" else None
     launcher.build_config = lambda path, overrides, data, run_dir: (path, run_dir)
-    launcher.launch = lambda cfg, profile: (calls["launched"].append((cfg, profile)),
-                                            types.SimpleNamespace(job_id=str(len(calls["launched"]))))[1]
-    launcher.wait_for = lambda ids: (calls.__setitem__("waited", list(ids)),
-                                     {i: types.SimpleNamespace(state="COMPLETED") for i in ids})[1]
-    profile = types.ModuleType("cluster.profile")
+    launcher.launch = lambda cfg, profile: (
+        calls["launched"].append((cfg, profile)),
+        types.SimpleNamespace(job_id=str(len(calls["launched"]))),
+    )[1]
+    launcher.wait_for = lambda ids: (
+        calls.__setitem__("waited", list(ids)),
+        {i: types.SimpleNamespace(state="COMPLETED") for i in ids},
+    )[1]
+    profile = types.ModuleType("bioscale.cluster.profile")
     profile.load_profile = lambda name: f"profile:{name}"
-    monkeypatch.setitem(sys.modules, "cluster.launcher", launcher)
-    monkeypatch.setitem(sys.modules, "cluster.profile", profile)
-    rc = main(["reproduce", "fashion-mnist", "--data", str(fashion), "--out", str(tmp_path), "--rows", "fc_bp",
-               "--rows", "fc_fa", "--launcher", "slurm", "--profile", "big", "--no-figures"])
+    monkeypatch.setitem(sys.modules, "bioscale.cluster.launcher", launcher)
+    monkeypatch.setitem(sys.modules, "bioscale.cluster.profile", profile)
+    rc = main(
+        [
+            "reproduce",
+            "fashion-mnist",
+            "--data",
+            str(fashion),
+            "--out",
+            str(tmp_path),
+            "--rows",
+            "fc_bp",
+            "--rows",
+            "fc_fa",
+            "--launcher",
+            "slurm",
+            "--profile",
+            "big",
+            "--no-figures",
+        ]
+    )
     assert rc == 1  # nothing finished: the rows are reported missing
     assert [(p.endswith("fc_bp.yaml"), prof) for (p, _), prof in calls["launched"]] == [(True, "profile:big")]
     assert calls["waited"] == ["41", "1"]  # the still-active job of an earlier call is waited for, not resubmitted

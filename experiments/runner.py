@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.config import ExperimentConfig, load_config
-from training.reproduction.tables import Budget, Row, Table
+from bioscale.configs import CONFIG_DIR as CONFIGS
+from bioscale.experiments.tables import Budget, Row, Table
+from bioscale.training.config import ExperimentConfig, load_config
 
 log = logging.getLogger("bioscale.reproduce")
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 WALL_FILE = "reproduce_wall.json"
 """Seconds this runner spent training a run, summed over attempts (the trainer does not time itself)."""
 
@@ -43,15 +43,28 @@ class PlannedRun:
         return f"{self.row.key} seed {self.seed}"
 
 
-def plan(table: Table, budget: Budget, data: str | Path, out: str | Path, *, seeds: int | None = None,
-         rows: Sequence[str] = (), overrides: Sequence[str] = (), configs: str | Path = CONFIGS) -> list[PlannedRun]:
+def plan(
+    table: Table,
+    budget: Budget,
+    data: str | Path,
+    out: str | Path,
+    *,
+    seeds: int | None = None,
+    rows: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    configs: str | Path = CONFIGS,
+) -> list[PlannedRun]:
     """One run per (row, seed). `rows`: glob patterns on row keys ('fashion_mnist/fc_*') or on
     their last part ('fc_*'); empty = every row. `overrides` apply to every run, last."""
-    chosen = [r for r in table.rows if not rows or any(
-        fnmatch.fnmatch(r.key, p) or fnmatch.fnmatch(r.key.rsplit("/", 1)[-1], p) for p in rows)]
+    chosen = [
+        r
+        for r in table.rows
+        if not rows or any(fnmatch.fnmatch(r.key, p) or fnmatch.fnmatch(r.key.rsplit("/", 1)[-1], p) for p in rows)
+    ]
     if not chosen:
-        raise ValueError(f"no row of table {table.name!r} matches {list(rows)}; rows: "
-                         f"{', '.join(r.key for r in table.rows)}")
+        raise ValueError(
+            f"no row of table {table.name!r} matches {list(rows)}; rows: {', '.join(r.key for r in table.rows)}"
+        )
     data, out = Path(data).resolve(), Path(out).resolve()
     runs = []
     for row in chosen:
@@ -76,8 +89,9 @@ def with_existing_seeds(runs: Sequence[PlannedRun]) -> list[PlannedRun]:
             if seed.isdigit() and (key, int(seed)) not in planned and (seed_dir / "result.json").exists():
                 # same overrides; the seed and run directory are the ones `plan` would have given it
                 ov = [o for o in run.overrides if not o.startswith(("seed=", "out="))]
-                out.append(PlannedRun(run.row, int(seed), run.config_path,
-                                      ov + [f"seed={seed}", f"out={seed_dir}"], seed_dir))
+                out.append(
+                    PlannedRun(run.row, int(seed), run.config_path, ov + [f"seed={seed}", f"out={seed_dir}"], seed_dir)
+                )
     return out
 
 
@@ -101,8 +115,11 @@ def is_finished(run: PlannedRun, cfg: ExperimentConfig | None = None) -> bool:
 
 def _add_wall(run_dir: Path, seconds: float, status: str) -> None:
     previous = read_json(run_dir / WALL_FILE) or {}
-    record = {"wall_s": previous.get("wall_s", 0.0) + seconds, "attempts": previous.get("attempts", 0) + 1,
-              "status": status}
+    record = {
+        "wall_s": previous.get("wall_s", 0.0) + seconds,
+        "attempts": previous.get("attempts", 0) + 1,
+        "status": status,
+    }
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / WALL_FILE).write_text(json.dumps(record) + "\n", encoding="utf-8")
 
@@ -110,8 +127,8 @@ def _add_wall(run_dir: Path, seconds: float, status: str) -> None:
 def run_local(runs: Sequence[PlannedRun]) -> None:
     """Train each run in this process, one after the other. A diverged run is recorded and
     the table goes on (the report marks it); any other error stops the table."""
-    from training.divergence import DivergenceError
-    from training.trainer import Trainer
+    from bioscale.training.divergence import DivergenceError
+    from bioscale.training.trainer import Trainer
 
     for i, run in enumerate(runs, 1):
         cfg = run.load_config()
@@ -130,9 +147,18 @@ def run_local(runs: Sequence[PlannedRun]) -> None:
 Executor = Callable[[Sequence[PlannedRun]], None]
 
 
-def run_table(table: Table, budget: Budget, data: str | Path, out: str | Path, *, seeds: int | None = None,
-              rows: Sequence[str] = (), overrides: Sequence[str] = (), executor: Executor = run_local,
-              configs: str | Path = CONFIGS) -> list[PlannedRun]:
+def run_table(
+    table: Table,
+    budget: Budget,
+    data: str | Path,
+    out: str | Path,
+    *,
+    seeds: int | None = None,
+    rows: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    executor: Executor = run_local,
+    configs: str | Path = CONFIGS,
+) -> list[PlannedRun]:
     """Plan, run what is not finished, and return the plan (report.collect reads the results)."""
     runs = plan(table, budget, data, out, seeds=seeds, rows=rows, overrides=overrides, configs=configs)
     cfgs = [run.load_config() for run in runs]  # every config error surfaces before any training

@@ -13,8 +13,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from training.reproduction.report import RowResult, column
-from training.reproduction.tables import Table
+from bioscale.experiments.report import RowResult, column
+from bioscale.experiments.tables import Table
 
 ANGLE = re.compile(r"layer(\d+)/angle_to_bp_deg")
 
@@ -63,14 +63,16 @@ def curves(table: Table, results: Sequence[RowResult], path: str | Path) -> Path
             if res.row.schedule == "alternating":  # after an inverse epoch the forward net is unchanged
                 hist = [h for h in hist if h["epoch"] % 2 == 1]
             x = [_forward_epochs(res, h["epoch"]) for h in hist]
-            ax.plot(x, [100 * h["train_top1_err"] for h in hist], "-", color=colors[res.row.method],
-                    label=res.row.method)
-            ax.plot(x, [100 * (h.get("test_top1_err") or float("nan")) for h in hist], "--",
-                    color=colors[res.row.method])
+            ax.plot(
+                x, [100 * h["train_top1_err"] for h in hist], "-", color=colors[res.row.method], label=res.row.method
+            )
+            ax.plot(
+                x, [100 * (h.get("test_top1_err") or float("nan")) for h in hist], "--", color=colors[res.row.method]
+            )
         ax.set_title(table.arch_titles.get(col, col))
         ax.set_xlabel("epochs of forward training (as capped by the budget)")
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(cols):]:
+    for ax in axes.flat[len(cols) :]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("top-1 error % (train solid, test dashed)")
@@ -78,8 +80,9 @@ def curves(table: Table, results: Sequence[RowResult], path: str | Path) -> Path
     for ax in axes.flat:  # one legend entry per method over all panels
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 5), fontsize=8,
-               frameon=False)
+    fig.legend(
+        list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 5), fontsize=8, frameon=False
+    )
     fig.tight_layout(rect=(0, 0.8 / (4 * nrow + 0.8), 1, 1))
     return _save(fig, path, plt)
 
@@ -122,7 +125,7 @@ def angles(table: Table, results: Sequence[RowResult], out_dir: str | Path, run_
             ax.set_title(res.row.method, fontsize=10)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-        for ax in axes.flat[len(panels):]:
+        for ax in axes.flat[len(panels) :]:
             ax.set_visible(False)
         for ax in axes[:, 0]:
             ax.set_ylabel("angle to BP (deg)")
@@ -167,10 +170,14 @@ def _save(fig, path: str | Path, plt) -> Path:
     return path
 
 
-def all_figures(table: Table, results: Sequence[RowResult], out_dir: str | Path,
-                run_dirs: dict[str, Path]) -> list[Path]:
+def all_figures(
+    table: Table, results: Sequence[RowResult], out_dir: str | Path, run_dirs: dict[str, Path]
+) -> list[Path]:
     out_dir = Path(out_dir)
     if not any(r.runs for r in results):
         return []
-    return [curves(table, results, out_dir / "curves.png"), *angles(table, results, out_dir, run_dirs),
-            bars(table, results, out_dir / "bars.png")]
+    return [
+        curves(table, results, out_dir / "curves.png"),
+        *angles(table, results, out_dir, run_dirs),
+        bars(table, results, out_dir / "bars.png"),
+    ]

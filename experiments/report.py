@@ -11,14 +11,40 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.reproduction.runner import WALL_FILE, PlannedRun, read_json
-from training.reproduction.tables import Row, Table
+from bioscale.experiments.runner import WALL_FILE, PlannedRun, read_json
+from bioscale.experiments.tables import Row, Table
 
-CSV_COLUMNS = ("table", "row", "method", "rule", "schedule", "arch", "net", "config", "status", "seeds",
-               "epochs", "steps", "selected_epoch", "train_top1_err", "train_top1_err_std", "val_top1_err",
-               "test_top1_err", "test_top1_err_std", "test_top5_err", "test_top5_err_std", "forward_lr",
-               "inverse_lr", "sigma", "alpha", "wall_s", "paper_source", "paper_train_top1_err",
-               "paper_test_top1_err", "paper_test_top5_err")
+CSV_COLUMNS = (
+    "table",
+    "row",
+    "method",
+    "rule",
+    "schedule",
+    "arch",
+    "net",
+    "config",
+    "status",
+    "seeds",
+    "epochs",
+    "steps",
+    "selected_epoch",
+    "train_top1_err",
+    "train_top1_err_std",
+    "val_top1_err",
+    "test_top1_err",
+    "test_top1_err_std",
+    "test_top5_err",
+    "test_top5_err_std",
+    "forward_lr",
+    "inverse_lr",
+    "sigma",
+    "alpha",
+    "wall_s",
+    "paper_source",
+    "paper_train_top1_err",
+    "paper_test_top1_err",
+    "paper_test_top5_err",
+)
 
 
 @dataclass
@@ -63,9 +89,13 @@ def collect(table: Table, runs: Sequence[PlannedRun]) -> list[RowResult]:
         res = by_row.setdefault(run.row.key, RowResult(run.row))
         res.planned += 1
         cfg = run.load_config()
-        res.hparams = {"epochs": cfg.train.epochs, "forward_lr": cfg.optim.forward.lr,
-                       "inverse_lr": cfg.optim.inverse.lr if _is_tp(run.row) else None,
-                       "sigma": cfg.algorithm.sigma, "alpha": cfg.algorithm.alpha}
+        res.hparams = {
+            "epochs": cfg.train.epochs,
+            "forward_lr": cfg.optim.forward.lr,
+            "inverse_lr": cfg.optim.inverse.lr if _is_tp(run.row) else None,
+            "sigma": cfg.algorithm.sigma,
+            "alpha": cfg.algorithm.alpha,
+        }
         record, status = _run_record(run)
         if record is not None and status in ("ok", "partial"):
             res.runs.append(record)
@@ -84,6 +114,7 @@ def _worst(a: str, b: str) -> str:
 
 # ------------------------------------------------------------------------------------- CSV
 
+
 def write_csv(table: Table, results: Sequence[RowResult], path: str | Path) -> Path:
     path = Path(path)
     with path.open("w", newline="", encoding="utf-8") as f:
@@ -92,20 +123,34 @@ def write_csv(table: Table, results: Sequence[RowResult], path: str | Path) -> P
         for res in results:
             row, paper = res.row, res.row.paper
             walls = res.values("wall_s")
-            writer.writerow({
-                "table": table.name, "row": row.key, "method": row.method, "rule": row.rule,
-                "schedule": row.schedule or "", "arch": row.arch, "net": row.net, "config": f"configs/{row.config}",
-                "status": res.status, "seeds": len(res.runs), "epochs": res.hparams.get("epochs"),
-                "steps": _num(res.mean("steps")), "selected_epoch": _num(res.mean("selected_epoch")),
-                **{k: _num(res.mean(k)) for k in ("train_top1_err", "val_top1_err", "test_top1_err", "test_top5_err")},
-                **{f"{k}_std": _num(res.std(k)) for k in ("train_top1_err", "test_top1_err", "test_top5_err")},
-                **{k: _num(res.hparams.get(k)) for k in ("forward_lr", "inverse_lr", "sigma", "alpha")},
-                "wall_s": _num(sum(walls) if walls else None),
-                "paper_source": paper.source if paper else "",
-                "paper_train_top1_err": _num(_frac(paper and paper.train)),
-                "paper_test_top1_err": _num(_frac(paper and paper.test)),
-                "paper_test_top5_err": _num(_frac(paper and paper.test_top5)),
-            })
+            writer.writerow(
+                {
+                    "table": table.name,
+                    "row": row.key,
+                    "method": row.method,
+                    "rule": row.rule,
+                    "schedule": row.schedule or "",
+                    "arch": row.arch,
+                    "net": row.net,
+                    "config": f"configs/{row.config}",
+                    "status": res.status,
+                    "seeds": len(res.runs),
+                    "epochs": res.hparams.get("epochs"),
+                    "steps": _num(res.mean("steps")),
+                    "selected_epoch": _num(res.mean("selected_epoch")),
+                    **{
+                        k: _num(res.mean(k))
+                        for k in ("train_top1_err", "val_top1_err", "test_top1_err", "test_top5_err")
+                    },
+                    **{f"{k}_std": _num(res.std(k)) for k in ("train_top1_err", "test_top1_err", "test_top5_err")},
+                    **{k: _num(res.hparams.get(k)) for k in ("forward_lr", "inverse_lr", "sigma", "alpha")},
+                    "wall_s": _num(sum(walls) if walls else None),
+                    "paper_source": paper.source if paper else "",
+                    "paper_train_top1_err": _num(_frac(paper and paper.train)),
+                    "paper_test_top1_err": _num(_frac(paper and paper.test)),
+                    "paper_test_top5_err": _num(_frac(paper and paper.test_top5)),
+                }
+            )
     return path
 
 
@@ -120,6 +165,7 @@ def _num(value) -> str:
 
 
 # -------------------------------------------------------------------------------- Markdown
+
 
 def _pct(res: RowResult, key: str) -> str:
     if res.status in ("missing", "diverged") and not res.runs:
@@ -153,7 +199,7 @@ def markdown_tables(table: Table, results: Sequence[RowResult]) -> str:
             columns.append(col)
     groups = [[c for c in columns if not c.startswith("neurips")], [c for c in columns if c.startswith("neurips")]]
     metrics = ["train", "test top-1", "test top-5"] if table.top5 else ["train", "test"]
-    keys = ["train_top1_err", "test_top1_err", "test_top5_err"][:len(metrics)]
+    keys = ["train_top1_err", "test_top1_err", "test_top5_err"][: len(metrics)]
     paper_head = "paper " + " / ".join(metrics)
     out = []
     for group in (g for g in groups if g):
@@ -181,16 +227,36 @@ def markdown_tables(table: Table, results: Sequence[RowResult]) -> str:
 
 def runs_table(results: Sequence[RowResult]) -> str:
     """What each row ran with: config, hyperparameters, budget, selected epoch, time."""
-    head = ["Row", "config", "fwd lr", "inv lr", "σ", "α (summed loss)", "epochs", "steps", "selected epoch",
-            "seeds", "wall s"]
+    head = [
+        "Row",
+        "config",
+        "fwd lr",
+        "inv lr",
+        "σ",
+        "α (summed loss)",
+        "epochs",
+        "steps",
+        "selected epoch",
+        "seeds",
+        "wall s",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for res in results:
         h = res.hparams
         walls = res.values("wall_s")
-        cells = [f"{res.row.arch} {res.row.method}", f"`configs/{res.row.config}`",
-                 _g(h.get("forward_lr")), _g(h.get("inverse_lr")), _g(h.get("sigma")), _g(h.get("alpha")),
-                 str(h.get("epochs", "")), _g(res.mean("steps")), _g(res.mean("selected_epoch")),
-                 f"{len(res.runs)}/{res.planned}", f"{sum(walls):.0f}" if walls else "–"]
+        cells = [
+            f"{res.row.arch} {res.row.method}",
+            f"`configs/{res.row.config}`",
+            _g(h.get("forward_lr")),
+            _g(h.get("inverse_lr")),
+            _g(h.get("sigma")),
+            _g(h.get("alpha")),
+            str(h.get("epochs", "")),
+            _g(res.mean("steps")),
+            _g(res.mean("selected_epoch")),
+            f"{len(res.runs)}/{res.planned}",
+            f"{sum(walls):.0f}" if walls else "–",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -199,8 +265,15 @@ def _g(value) -> str:
     return "–" if value is None else f"{value:.3g}"
 
 
-def write_markdown(table: Table, results: Sequence[RowResult], path: str | Path, *, budget_note: str = "",
-                   context: Sequence[str] = (), figures: Sequence[Path] = ()) -> Path:
+def write_markdown(
+    table: Table,
+    results: Sequence[RowResult],
+    path: str | Path,
+    *,
+    budget_note: str = "",
+    context: Sequence[str] = (),
+    figures: Sequence[Path] = (),
+) -> Path:
     path = Path(path)
     parts = [f"# {table.title}", ""]
     parts += list(context) + ([""] if context else [])
@@ -209,10 +282,13 @@ def write_markdown(table: Table, results: Sequence[RowResult], path: str | Path,
         parts += [f"Training time of these {len(walls)} runs, summed over their attempts: {sum(walls):.0f} s.", ""]
     if budget_note:
         parts += [f"Budget: {budget_note}.", ""]
-    parts += ["Errors in %: ours at the epoch chosen by the paper's model selection (best validation "
-              "error over 5 consecutive epochs; test error there), mean ± std over seeds when there are "
-              "several. Train error = mean error of the training batches during that epoch. "
-              "Paper: train / test as printed.", ""]
+    parts += [
+        "Errors in %: ours at the epoch chosen by the paper's model selection (best validation "
+        "error over 5 consecutive epochs; test error there), mean ± std over seeds when there are "
+        "several. Train error = mean error of the training batches during that epoch. "
+        "Paper: train / test as printed.",
+        "",
+    ]
     if table.paper_note:
         parts += [table.paper_note, ""]
     parts += [markdown_tables(table, results), "", "## Runs", "", runs_table(results), ""]
