@@ -3,7 +3,15 @@ in the backward pass; inverse losses; schedules; optimizers; BP-angle diagnostic
 
 Knows nothing of data or the cluster."""
 
-from bioscale.algorithms.config import INVERSE_LOSSES, RULES, SCHEDULES, AdamConfig, OptimConfig, RuleConfig
+from bioscale.algorithms.config import (
+    INVERSE_LOSSES,
+    RULES,
+    SCHEDULES,
+    TP_RULES,
+    AdamConfig,
+    OptimConfig,
+    RuleConfig,
+)
 from bioscale.algorithms.learner import Learner, StepOutput, build_learner
 from bioscale.algorithms.rules import RULE_CLASSES, Rule, build_rule
 
@@ -12,6 +20,7 @@ __all__ = [
     "RULES",
     "RULE_CLASSES",
     "SCHEDULES",
+    "TP_RULES",
     "AdamConfig",
     "Learner",
     "OptimConfig",

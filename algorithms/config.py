@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 RULES = ("bp", "fa", "dfa", "dtp", "sdtp", "aosdtp")
+TP_RULES = ("dtp", "sdtp", "aosdtp")
+"""The target-propagation rules: those that learn inverses g_l (and so take an inverse
+loss, σ and a schedule). `rules.Rule.target_propagation` is derived from this tuple."""
 SCHEDULES = ("parallel", "alternating")
 INVERSE_LOSSES = ("denoising", "noise_preserving")
 

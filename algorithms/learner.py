@@ -64,7 +64,13 @@ class Learner(nn.Module):
 
     def inverse_parameters(self) -> list[nn.Parameter]:
         used = {l for l in self.rule.inverse_layers(self.net.depth)}
-        return [p for l, b in enumerate(self.net.blocks, 1) if l in used for p in b.inverse_layer.parameters()]
+        params: list[nn.Parameter] = []
+        for l in range(1, self.net.depth + 1):
+            if l in used:
+                inverse_layer = self.net.block(l).inverse_layer
+                assert inverse_layer is not None  # __init__ checks every used layer has an inverse
+                params.extend(inverse_layer.parameters())
+        return params
 
     def forward(
         self,
@@ -90,8 +96,12 @@ class Learner(nn.Module):
             hs, logits = self._propagate(x, y, trace)
         task_loss = F.cross_entropy(logits, y, reduction="sum")
         inverse = self.rule.inverse_losses(self.net, hs, noise) if phase != "forward" else {}
+        loss: torch.Tensor
         if phase == "inverse":
-            loss = sum(inverse.values())
+            inverse_total = sum(inverse.values())
+            # sum() of no losses is the int 0, which has nothing to backpropagate
+            assert isinstance(inverse_total, torch.Tensor), f"rule {self.rule.name!r} trains no inverse layers"
+            loss = inverse_total
         else:
             loss = task_loss + sum(inverse.values()) if inverse else task_loss
         return StepOutput(

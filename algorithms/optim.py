@@ -6,7 +6,10 @@ its momentum."""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
+from torch import nn
 
 from bioscale.algorithms.config import AdamConfig, OptimConfig
 from bioscale.algorithms.learner import Learner, StepOutput
@@ -18,10 +21,18 @@ def _adam(params, cfg: AdamConfig) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
+class ParameterSource(Protocol):
+    """What `Updater` builds its optimizers from: a `Learner`, or a pipeline stage's share of one."""
+
+    def forward_parameters(self) -> list[nn.Parameter]: ...
+
+    def inverse_parameters(self) -> list[nn.Parameter]: ...
+
+
 class Updater:
     """Owns the optimizers of a learner and performs one training step."""
 
-    def __init__(self, learner: Learner, cfg: OptimConfig, grad_sync=None):
+    def __init__(self, learner: Learner | ParameterSource, cfg: OptimConfig, grad_sync=None):
         """`grad_sync(params)`, if given, runs between backward and the optimizer steps
         (the trainer passes a cross-rank gradient all-reduce)."""
         self.learner, self.grad_sync = learner, grad_sync
@@ -32,6 +43,7 @@ class Updater:
     def step(self, x: torch.Tensor, y: torch.Tensor, phase: str = "both") -> StepOutput:
         for opt in self.optimizers():
             opt.zero_grad(set_to_none=True)
+        assert isinstance(self.learner, Learner), "step() needs a whole Learner (a pipeline stage steps itself)"
         out = self.learner(x, y, phase=phase)
         out.loss.backward()
         if self.grad_sync is not None:
@@ -43,7 +55,10 @@ class Updater:
         return out
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.forward] + ([self.inverse] if self.inverse is not None else [])
+        optimizers: list[torch.optim.Optimizer] = [self.forward]
+        if self.inverse is not None:
+            optimizers.append(self.inverse)
+        return optimizers
 
     def learning_rates(self) -> dict[str, float]:
         lrs = {"forward": self.forward.param_groups[0]["lr"]}

@@ -14,11 +14,12 @@ train the feedback path (`inverse_losses`). The training step is always
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from bioscale.algorithms.config import INVERSE_LOSSES, RULES, SCHEDULES, RuleConfig
+from bioscale.algorithms.config import INVERSE_LOSSES, RULES, SCHEDULES, TP_RULES, RuleConfig
 from bioscale.algorithms.feedback import DifferenceTarget, DirectFeedback, FeedbackTrace, FixedTopSignal, ScaleGrad
 from bioscale.models.init import glorot_uniform_
 
@@ -38,9 +39,14 @@ def gaussian_like(h: torch.Tensor, sigma: float) -> torch.Tensor:
 class Rule:
     name = ""
     target_propagation = False
-    """Whether the rule learns inverses g_l (and so has an inverse loss, σ and a schedule)."""
+    """Whether the rule learns inverses g_l (and so has an inverse loss, σ and a schedule):
+    set for every subclass from `config.TP_RULES`, the one list of TP rules."""
     uses_output_inverse = False
     aux_dim = 0
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.target_propagation = cls.name in TP_RULES
 
     def __init__(self, cfg: RuleConfig):
         self.cfg = cfg
@@ -87,8 +93,14 @@ class Rule:
         return []
 
     def inverse_losses(
-        self, net, hs: list[torch.Tensor], noise: dict[int, torch.Tensor] | None
+        self,
+        net,
+        hs: Sequence[torch.Tensor] | Mapping[int, torch.Tensor],
+        noise: dict[int, torch.Tensor] | None,
+        layers: Collection[int] | None = None,
     ) -> dict[int, torch.Tensor]:
+        """Inverse loss per layer l of `inverse_layers(net.depth)` (only those in `layers`, if
+        given: a pipeline stage's own), from hs[l-1] = h_{l-1} (a list, or a stage's dict)."""
         return {}
 
 
@@ -144,7 +156,6 @@ class DFA(Rule):
 
 
 class TargetPropagation(Rule):
-    target_propagation = True
     default_inverse_loss = "denoising"
 
     def validate(self, cfg):
@@ -176,11 +187,13 @@ class TargetPropagation(Rule):
     def inverse_layers(self, depth):
         return list(range(2, depth + 1 if self.uses_output_inverse else depth))
 
-    def inverse_losses(self, net, hs, noise):
+    def inverse_losses(self, net, hs, noise, layers=None):
         """Σ_batch ½‖target − g_l(f_l(h_{l-1} + ε))‖², f under no_grad, h_{l-1} detached.
         `noise[l]` (optional) is the ε added to h_{l-1}; otherwise ε ~ N(0, σ²)."""
         losses = {}
         for l in self.inverse_layers(net.depth):
+            if layers is not None and l not in layers:
+                continue
             block, h_prev = net.blocks[l - 1], hs[l - 1].detach()
             eps = noise[l] if noise is not None and l in noise else gaussian_like(h_prev, self.sigma)
             h_noisy = h_prev + eps
@@ -249,6 +262,8 @@ class AOSDTP(SDTP):
 
 RULE_CLASSES: dict[str, type[Rule]] = {cls.name: cls for cls in (BP, FA, DFA, DTP, SDTP, AOSDTP)}
 assert tuple(RULE_CLASSES) == RULES
+# the TP rules (by name) are the TargetPropagation classes (by behaviour)
+assert all((name in TP_RULES) == issubclass(cls, TargetPropagation) for name, cls in RULE_CLASSES.items())
 
 
 def build_rule(cfg: RuleConfig) -> Rule:

@@ -1,11 +1,11 @@
 """Submitting training runs: validate everything that can be validated before
-anything is queued, build the submitit executor from a cluster profile, submit
-one job or a job array, and keep a record of every job in the run directory.
+anything is queued, submit through an executor (cluster/executors.py), and keep a
+record of every job in the run directory.
 
 Layout of a launched run: `<out>/<name>/` is the trainer's run directory
 (config.yaml, checkpoints/, tb/, metrics.jsonl, result.json) plus `jobs.jsonl`
-(one line per submission: job id, where its logs are) and `logs/` (submitit's
-`<jobid>_<task>_log.out/.err`, submission script and pickles).
+(one line per submission: job id, which executor, where its logs are) and `logs/`
+(`<jobid>_<task>_log.out/.err`; for SLURM also submitit's submission script and pickles).
 """
 
 from __future__ import annotations
@@ -13,29 +13,22 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import submitit
-
-from bioscale.cluster import slurm_jobs
+from bioscale.cluster.executors import Executor, SubmissionError
 from bioscale.cluster.profile import ClusterProfile
 from bioscale.cluster.training_job import TrainingJob
-from bioscale.training.config import ConfigError, ExperimentConfig, load_config
+from bioscale.training.config import ExperimentConfig, load_config
+from bioscale.training.preflight import check_experiment
 
 JOBS_FILE = "jobs.jsonl"
-
-
-class SubmissionError(RuntimeError):
-    """SLURM (sbatch) refused the job; the message carries SLURM's own words."""
+__all__ = ["SubmissionError", "build_config", "launch", "launch_here", "record_job", "job_records", "active_job"]
 
 
 # ------------------------------------------------------------ before submission
-
-
 def build_config(config_path: str | None, overrides: Sequence[str], data: str, run_dir: Path) -> ExperimentConfig:
     """The merged config of one run, checked as far as possible on this node
     (raises ConfigError): types and ranges, the rule's own checks, the
@@ -45,89 +38,13 @@ def build_config(config_path: str | None, overrides: Sequence[str], data: str, r
     return cfg
 
 
-def check_experiment(cfg: ExperimentConfig) -> None:
-    from bioscale.algorithms import build_rule
-    from bioscale.data_pipeline import DataError, open_split
-    from bioscale.models.architectures import get_arch
-
-    try:
-        build_rule(cfg.algorithm)
-        get_arch(cfg.model.arch)
-    except ValueError as exc:
-        raise ConfigError(f"config: {exc}") from None
-    if "val" not in cfg.train.eval_splits:
-        raise ConfigError(
-            "config: train.eval_splits must include val: model selection (result.json) and "
-            "sweep ranking read the validation error"
-        )
-    root = Path(cfg.data.path)
-    for split in ("train", *cfg.train.eval_splits):
-        try:
-            open_split(root / split)
-        except (DataError, OSError) as exc:
-            raise ConfigError(f"data: {exc}") from None
-
-
-# ------------------------------------------------------------------ executors
-
-
-def make_executor(
-    log_dir: Path, profile: ClusterProfile, *, local: bool, job_name: str, max_parallel: int | None = None
-) -> submitit.AutoExecutor:
-    """A submitit executor writing `%j` logs into `log_dir`; `local` runs the
-    same job as local processes (no SLURM)."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    if local:
-        ex = submitit.AutoExecutor(folder=log_dir, cluster="local")
-        ex.update_parameters(
-            name=job_name,
-            timeout_min=profile.timeout_min,
-            tasks_per_node=profile.tasks,
-            nodes=1,
-            gpus_per_node=profile.gpus_per_node,
-        )
-        return ex
-    if not slurm_jobs.slurm_available():
-        raise SubmissionError(
-            "sbatch not found: this is not a SLURM login node (use --local to run here, or "
-            "cluster/local_slurm.sh up for a single-node SLURM)"
-        )
-    ex = submitit.AutoExecutor(folder=log_dir, cluster="slurm", slurm_max_num_timeout=profile.max_num_timeout)
-    params = profile.executor_parameters()
-    if max_parallel:
-        params["slurm_array_parallelism"] = max_parallel
-    ex.update_parameters(name=job_name, **params)
-    return ex
-
-
-def submit(executor: submitit.AutoExecutor, jobs: Sequence[TrainingJob]) -> list[submitit.Job]:
-    """Submit one job, or several as one job array; SLURM's refusal becomes a
-    SubmissionError quoting sbatch."""
-    try:
-        # submitit also prints sbatch's stderr on failure; the error carries it once
-        with contextlib.redirect_stderr(io.StringIO()):
-            if len(jobs) == 1:
-                return [executor.submit(jobs[0])]
-            return list(executor.submit_array(list(jobs)))
-    except (submitit.core.utils.FailedJobError, OSError) as exc:
-        raise SubmissionError(_sbatch_words(str(exc))) from None
-
-
-def _sbatch_words(text: str) -> str:
-    """submitit wraps sbatch's stderr in its own message; keep sbatch's lines."""
-    lines = [ln.strip() for ln in text.splitlines() if "sbatch:" in ln or "error" in ln.lower()]
-    return "\n".join(dict.fromkeys(lines)) or text.strip()
-
-
 # -------------------------------------------------------------- job records
-
-
-def record_job(run_dir: Path, job_id: str, log_dir: Path, cluster: str, **extra: Any) -> None:
+def record_job(run_dir: Path, job_id: str, executor: Executor, **extra: Any) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     entry = {
         "job_id": job_id,
-        "cluster": cluster,
-        "log_dir": str(log_dir),
+        "cluster": executor.cluster,
+        "log_dir": str(executor.folder),
         "submitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
@@ -135,65 +52,61 @@ def record_job(run_dir: Path, job_id: str, log_dir: Path, cluster: str, **extra:
         f.write(json.dumps(entry) + "\n")
 
 
-def job_records(run_dir: Path) -> list[dict[str, Any]]:
+def job_records(run_dir: Path, cluster: str | None = None) -> list[dict[str, Any]]:
+    """The run's submissions, oldest first (only `cluster`'s, when given)."""
     path = run_dir / JOBS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in records if cluster is None or r.get("cluster") == cluster]
 
 
-def active_job(run_dir: Path) -> str | None:
-    """The id of a queued or running SLURM job of this run directory, if any:
+def active_job(run_dir: Path, executor: Executor) -> str | None:
+    """The id of a queued or running job of this run directory on `executor`, if any:
     two jobs writing one run directory would interleave their checkpoints."""
-    records = [r for r in job_records(run_dir) if r.get("cluster") == "slurm"]
+    records = job_records(run_dir, executor.cluster)
     if not records:
         return None
     last = records[-1]["job_id"]
-    return last if slurm_jobs.query([last])[last].active else None
+    return last if executor.query([last])[last].active else None
 
 
 # ------------------------------------------------------------------- launch
+def launch(cfg: ExperimentConfig, executor: Executor, **extra: Any) -> str:
+    """Submit one validated run through `executor`; returns the job id."""
+    run_dir = Path(cfg.out or "")
+    busy = active_job(run_dir, executor)
+    if busy:
+        raise SubmissionError(
+            f"{run_dir} is already being trained by job {busy}; wait for it"
+            + (f" or `scancel {busy}` first" if executor.cluster == "slurm" else "")
+        )
+    (job_id,) = executor.submit([TrainingJob(cfg.to_dict(), label=cfg.name)], job_name=f"bioscale-{cfg.name}")
+    record_job(run_dir, job_id, executor, **extra)
+    return job_id
 
 
-def launch(cfg: ExperimentConfig, profile: ClusterProfile, *, local: bool = False) -> submitit.Job:
-    """Submit one validated run; returns the submitit job."""
-    run_dir = Path(cfg.out)
-    if not local:
-        busy = active_job(run_dir)
-        if busy:
-            raise SubmissionError(
-                f"{run_dir} is already being trained by job {busy}; wait for it or `scancel {busy}` first"
-            )
+def launch_here(cfg: ExperimentConfig, profile: ClusterProfile) -> dict[str, Any]:
+    """`bioscale launch --local`: the same job as the profile's tasks, as local processes
+    (submitit's local cluster: it starts N tasks with a rendezvous, which the one-process
+    pool of the local executor does not), waiting for its end. Returns rank 0's summary;
+    raises the first task's failure."""
+    import submitit
+
+    run_dir = Path(cfg.out or "")
     log_dir = run_dir / "logs"
-    ex = make_executor(log_dir, profile, local=local, job_name=f"bioscale-{cfg.name}")
-    (job,) = submit(ex, [TrainingJob(cfg.to_dict(), label=cfg.name)])
-    record_job(run_dir, job.job_id, log_dir, "local" if local else "slurm", world_size=profile.world_size)
-    return job
-
-
-def wait_for(
-    job_ids: Sequence[str], poll_s: float = 10.0, timeout_s: float | None = None
-) -> dict[str, slurm_jobs.JobState]:
-    """Poll SLURM until no job in `job_ids` is active (a requeued job counts as
-    active). A job unknown to both squeue and sacct right after submission is
-    waited for too, for a while."""
-    start = time.monotonic()
-    while True:
-        states = slurm_jobs.query(job_ids)
-        unknown_grace = time.monotonic() - start < 60
-        if not any(s.active or (s.state == "UNKNOWN" and unknown_grace) for s in states.values()):
-            return states
-        if timeout_s is not None and time.monotonic() - start > timeout_s:
-            raise TimeoutError(
-                f"jobs still active after {timeout_s:.0f} s: "
-                + ", ".join(f"{j} {s.state}" for j, s in states.items() if s.active)
-            )
-        time.sleep(poll_s)
-
-
-def read_result(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "result.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    log_dir.mkdir(parents=True, exist_ok=True)
+    ex = submitit.AutoExecutor(folder=log_dir, cluster="local")
+    ex.update_parameters(
+        name=f"bioscale-{cfg.name}",
+        timeout_min=profile.timeout_min,
+        tasks_per_node=profile.tasks,
+        nodes=1,
+        gpus_per_node=profile.gpus_per_node,
+    )
+    with contextlib.redirect_stderr(io.StringIO()):
+        job = ex.submit(TrainingJob(cfg.to_dict(), label=cfg.name))
+    with open(run_dir / JOBS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"job_id": job.job_id, "cluster": "submitit-local", "log_dir": str(log_dir)}) + "\n")
+    print(f"started job {job.job_id} here ({profile.tasks} task(s)); logs: {log_dir}", flush=True)
+    return job.results()[0]

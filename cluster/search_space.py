@@ -30,9 +30,9 @@ from typing import Any
 
 import yaml
 
+from bioscale.algorithms.config import TP_RULES
 from bioscale.training.config import ConfigError
 
-TP_RULES = ("dtp", "sdtp", "aosdtp")
 DISTRIBUTIONS = ("log_uniform", "uniform", "choice")
 SIGNIFICANT_DIGITS = 4  # sampled floats are rounded: readable configs, exact text round trip
 

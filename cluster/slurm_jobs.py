@@ -17,20 +17,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-# States after which SLURM will not run the job again by itself.
+LOST = "LOST"
+"""Not SLURM's: a job of the local pool whose owner process ended before the job did."""
+# States after which the job will not run again by itself.
 FINAL = {
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "OUT_OF_MEMORY",
-    "NODE_FAIL",
-    "BOOT_FAIL",
-    "DEADLINE",
-    "PREEMPTED",
-    "REVOKED",
-    "SPECIAL_EXIT",
-}
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
+    "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT", LOST,
+}  # fmt: skip
 FAILED = FINAL - {"COMPLETED"}
 
 

@@ -38,15 +38,22 @@ from pathlib import Path
 from typing import Any
 
 from bioscale.cluster import launcher, slurm_jobs
-from bioscale.cluster.profile import ClusterProfile
+from bioscale.cluster.executors import Executor
 from bioscale.cluster.search_space import as_overrides, load_space, sample
 from bioscale.cluster.training_job import TrainingJob
-from bioscale.training.atomic_files import atomic_write_text
+from bioscale.data_pipeline.atomic_files import atomic_write_text
 from bioscale.training.config import ConfigError, ExperimentConfig, load_config
+from bioscale.training.run_records import RunState, read_json, run_state
+from bioscale.training.selection import RESULT_FILE
 
 log = logging.getLogger("bioscale.sweep")
 SPEC_FILE, PRUNING_FILE, TRIAL_FILE = "sweep.json", "pruning.json", "trial.json"
 BASE_CONFIG_FILE = "base_config.yaml"
+DONE = ("finished", "diverged")
+"""Trial states that need no more compute at their target epochs."""
+RETRYABLE = ("failed", "stopped", "lost")
+"""Trial states whose job ended early: resubmitted once per driver run (resuming from the last checkpoint)."""
+ENDED = (*DONE, *RETRYABLE)
 UNKNOWN_GRACE_S = 300  # a job neither squeue nor sacct knows after this long is lost (retried on re-run)
 
 
@@ -97,7 +104,8 @@ class TrialStatus:
     trial: int
     params: dict[str, Any]
     state: str
-    """new | pending | running | requeued | finished | pruned | failed | stopped (job ended before its epochs)"""
+    """new | pending | running | requeued | finished | diverged (stopped on NaN/inf: done, never resubmitted)
+    | pruned | failed | stopped (job ended before its epochs) | lost (a local job whose driver ended)"""
     target_epochs: int
     epochs_done: int = 0
     result: dict[str, Any] | None = None
@@ -119,12 +127,14 @@ class TrialStatus:
 class Sweep:
     root: Path
     spec: SweepSpec
+    executor: Executor | None = None
+    """Where trials run and whose job states `status` reads (local pool or SLURM)."""
     attempted: set[tuple[int, int]] = field(default_factory=set)
     """(trial, target epochs) submitted by this process: a failure is retried on the next run, not in a loop."""
 
     # ---------------------------------------------------------------- create
     @classmethod
-    def create_or_resume(cls, root: Path, spec: SweepSpec | None) -> Sweep:
+    def create_or_resume(cls, root: Path, spec: SweepSpec | None, executor: Executor | None = None) -> Sweep:
         """Open the sweep in `root`; with `spec`, create it or check that it
         is the same sweep (a different one needs another directory)."""
         root = root.resolve()
@@ -135,7 +145,7 @@ class Sweep:
                 raise ConfigError(
                     f"{root} holds no sweep ({SPEC_FILE} missing); pass --config/--trials/--space to start one"
                 )
-            return cls(root, stored)
+            return cls(root, stored, executor)
         if stored is not None:
             diffs = _differences(asdict(stored), asdict(spec))
             if diffs:
@@ -143,8 +153,8 @@ class Sweep:
                     f"{root} holds a different sweep ({'; '.join(diffs)}); use another --out, "
                     f"or run `bioscale sweep --out {root}` to continue the stored one"
                 )
-            return cls(root, stored)
-        sweep = cls(root, spec)
+            return cls(root, stored, executor)
+        sweep = cls(root, spec, executor)
         root.mkdir(parents=True, exist_ok=True)
         ExperimentConfig.from_dict(spec.base_config).save_yaml(root / BASE_CONFIG_FILE)
         try:
@@ -177,6 +187,11 @@ class Sweep:
         except ConfigError as exc:
             raise ConfigError(f"trial {i} ({', '.join(as_overrides(self.params(i)))}): {exc}") from None
 
+    def last_cluster(self) -> str | None:
+        """The executor ('local' or 'slurm') of the newest job of any trial, if any ran."""
+        records = [r for i in range(self.spec.trials) for r in launcher.job_records(self.trial_dir(i))]
+        return max(records, key=lambda r: r.get("submitted", ""))["cluster"] if records else None
+
     def winners(self) -> list[int] | None:
         """Trials that continue after pruning, once decided (None before)."""
         path = self.root / PRUNING_FILE
@@ -188,18 +203,24 @@ class Sweep:
         return self.spec.first_stage_epochs
 
     # ----------------------------------------------------------------- status
+    @property
+    def jobs(self) -> Executor:
+        if self.executor is None:
+            raise RuntimeError("this sweep was opened without an executor")
+        return self.executor
+
     def status(self, with_logs: bool = True) -> list[TrialStatus]:
         winners = self.winners()
         last_jobs = {}
         for i in range(self.spec.trials):
-            records = [r for r in launcher.job_records(self.trial_dir(i)) if r.get("cluster") == "slurm"]
+            records = launcher.job_records(self.trial_dir(i), self.jobs.cluster)
             if records:
                 last_jobs[i] = records[-1]
-        states = slurm_jobs.query(r["job_id"] for r in last_jobs.values())
+        states = self.jobs.query(r["job_id"] for r in last_jobs.values())
         out = []
         for i in range(self.spec.trials):
             target = self.target_epochs(i, winners)
-            result = launcher.read_result(self.trial_dir(i))
+            result = read_json(self.trial_dir(i) / RESULT_FILE)
             done = int(result.get("epochs_completed", 0)) if result else 0
             st = TrialStatus(i, self.params(i), "new", target, done, result)
             record = last_jobs.get(i)
@@ -211,54 +232,55 @@ class Sweep:
                 # result.json is written at every epoch end, before the job has
                 # exited: a trial is finished only once its job has ended too
                 st.state = job.state.lower()
+            elif done < target and run_state(self.trial_dir(i), target) is RunState.DIVERGED:
+                st.state = "pruned" if pruned else "diverged"  # done: resuming would diverge again
             elif done >= target or record is None or record.get("epochs", 0) < target:
                 st.state = "pruned" if pruned else "finished" if done >= target else "new"
             elif job.state == "UNKNOWN" and _age_s(record) < UNKNOWN_GRACE_S:
                 st.state = "pending"  # accounting has not seen the new job yet
             else:
-                st.state = "failed" if job.failed else "stopped"
+                st.state = "lost" if job.state == slurm_jobs.LOST else "failed" if job.failed else "stopped"
                 if with_logs:
                     st.stderr_tail = slurm_jobs.tail(slurm_jobs.log_paths(record["log_dir"], job.job_id)[1])
             out.append(st)
         return out
 
     # ---------------------------------------------------------------- advance
-    def advance(self, profile: ClusterProfile, max_parallel: int | None) -> list[str]:
+    def advance(self) -> list[str]:
         """Submit what is due now; returns the new job ids (none when nothing is)."""
         status = self.status(with_logs=False)
         if self.spec.pruning and self.winners() is None:
-            if all(s.state in ("finished", "failed", "stopped") for s in status) and not self._retryable(status):
+            if all(s.state in ENDED for s in status) and not self._retryable(status):
                 self._decide_pruning(status)
                 status = self.status(with_logs=False)
         due = [
             s
             for s in status
-            if s.state == "new"
-            or (s.state in ("failed", "stopped") and (s.trial, s.target_epochs) not in self.attempted)
+            if s.state == "new" or (s.state in RETRYABLE and (s.trial, s.target_epochs) not in self.attempted)
         ]
         winners = self.winners()
         if self.spec.pruning and winners is not None:
             due = [s for s in due if s.trial in winners]  # the decision is final: losers never run again
         if not due:
             return []
-        return self._submit(due, profile, max_parallel)
+        return self._submit(due)
 
     def _retryable(self, status: list[TrialStatus]) -> bool:
-        return any(
-            s.state in ("failed", "stopped") and (s.trial, s.target_epochs) not in self.attempted for s in status
-        )
+        return any(s.state in RETRYABLE and (s.trial, s.target_epochs) not in self.attempted for s in status)
 
     def _decide_pruning(self, status: list[TrialStatus]) -> None:
+        # a diverged trial ranks last whatever its earlier epochs scored: continuing it
+        # would replay the same steps and diverge again
         ranked = sorted(
-            (s for s in status if s.state == "finished" and s.val_top1_err is not None),
-            key=lambda s: (error_sort_key(s.val_top1_err), s.trial),
+            (s for s in status if s.state in ("finished", "diverged") and s.val_top1_err is not None),
+            key=lambda s: (s.state == "diverged", error_sort_key(s.val_top1_err), s.trial),
         )
         keep = [s.trial for s in ranked[: self.spec.keep]]
         pruned = [s.trial for s in status if s.trial not in keep]
         active = [
             s.job_id for s in status if s.trial in pruned and s.job_id and s.state in ("pending", "running", "requeued")
         ]
-        slurm_jobs.cancel(active)  # losers get no more compute
+        self.jobs.cancel(active)  # losers get no more compute
         decision = {
             "after_epochs": self.spec.first_stage_epochs,
             "keep": keep,
@@ -271,24 +293,17 @@ class Sweep:
             "pruning after %d epoch(s): continuing trials %s, pruned %s", self.spec.first_stage_epochs, keep, pruned
         )
 
-    def _submit(self, due: list[TrialStatus], profile: ClusterProfile, max_parallel: int | None) -> list[str]:
+    def _submit(self, due: list[TrialStatus]) -> list[str]:
         jobs = [
             TrainingJob(
                 self._build_trial_config(s.trial, s.target_epochs).to_dict(), label=f"{self.spec.name} trial {s.trial}"
             )
             for s in due
         ]
-        log_dir = self.root / "logs"
-        ex = launcher.make_executor(
-            log_dir, profile, local=False, job_name=f"bioscale-sweep-{self.spec.name}", max_parallel=max_parallel
-        )
-        submitted = launcher.submit(ex, jobs)
-        for s, job in zip(due, submitted):
-            launcher.record_job(
-                self.trial_dir(s.trial), job.job_id, log_dir, "slurm", epochs=s.target_epochs, trial=s.trial
-            )
+        ids = self.jobs.submit(jobs, job_name=f"bioscale-sweep-{self.spec.name}")
+        for s, job_id in zip(due, ids):
+            launcher.record_job(self.trial_dir(s.trial), job_id, self.jobs, epochs=s.target_epochs, trial=s.trial)
             self.attempted.add((s.trial, s.target_epochs))
-        ids = [j.job_id for j in submitted]
         log.info(
             "submitted %d trial(s) %s to %d epoch(s): job(s) %s",
             len(due),
@@ -304,7 +319,7 @@ class Sweep:
         winners = self.winners()
         if self.spec.pruning and winners is None:
             return False
-        return all(s.state == "finished" for s in status if not self.spec.pruning or s.trial in winners)
+        return all(s.state in DONE for s in status if not self.spec.pruning or s.trial in winners)
 
 
 def _age_s(record: dict[str, Any]) -> float:
@@ -355,16 +370,14 @@ class SweepLock:
         self._f.close()
 
 
-def run_sweep(
-    sweep: Sweep, profile: ClusterProfile, *, max_parallel: int | None, wait: bool, poll_s: float = 15.0, on_change=None
-) -> list[TrialStatus]:
+def run_sweep(sweep: Sweep, *, wait: bool, poll_s: float = 15.0, on_change=None) -> list[TrialStatus]:
     """Drive the sweep: submit what is due, and with `wait` keep polling until
     every trial is finished or pruned, or nothing more can run (failures).
     `on_change(status)` is called whenever a trial changes state."""
     with SweepLock(sweep.root):
         seen: dict[int, str] = {}
         while True:
-            submitted = sweep.advance(profile, max_parallel)
+            submitted = sweep.advance()
             status = sweep.status(with_logs=False)
             changes = {s.trial: s.state for s in status if seen.get(s.trial) != s.state}
             if changes and on_change:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bioscale.cluster.sweep import Sweep, TrialStatus, error_sort_key
-from bioscale.training.atomic_files import atomic_write_text
+from bioscale.data_pipeline.atomic_files import atomic_write_text
 
 
 def short_name(key: str) -> str:

@@ -42,7 +42,15 @@ class TrainingJob(submitit.helpers.Checkpointable):
         if job_env.cluster != "slurm" and job_env.num_tasks > 1:
             _export_local_rendezvous(job_env)
         _limit_threads()
-        return _train(self.config, job_env, self.label)
+        from bioscale.training.config import ConfigError
+        from bioscale.training.divergence import DivergenceError
+
+        try:
+            return _train(self.config, self.label, str(job_env.job_id))
+        except (ConfigError, DivergenceError) as exc:
+            log.error("%s: %s", self.label, exc)
+            logging.shutdown()
+            sys.exit(exit_code(exc))
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # No weights here (see the module docstring): resubmit the same callable;
@@ -98,11 +106,18 @@ def _limit_threads() -> None:
         torch.set_num_threads(int(cpus))
 
 
-def _train(config: dict[str, Any], job_env: Any, label: str) -> dict[str, Any]:
+def exit_code(exc: BaseException) -> int:
+    """The exit codes of `bioscale train` (2 config, 3 divergence), so that sacct and
+    `bioscale sweep status` tell a diverged trial from a crash (1)."""
+    from bioscale.training.config import ConfigError
+
+    return 2 if isinstance(exc, ConfigError) else 3
+
+
+def _train(config: dict[str, Any], label: str, job_id: str) -> dict[str, Any]:
     from bioscale.distributed import read_environment, shutdown
-    from bioscale.training.config import ConfigError, ExperimentConfig
-    from bioscale.training.divergence import DivergenceError
-    from bioscale.training.trainer import Trainer
+    from bioscale.training.config import ExperimentConfig
+    from bioscale.training.entry import train_run
 
     env = read_environment()
     logging.basicConfig(
@@ -115,20 +130,31 @@ def _train(config: dict[str, Any], job_env: Any, label: str) -> dict[str, Any]:
         log.info(
             "%s: job %s, %d task(s), restart %d, run directory %s",
             label,
-            job_env.job_id,
+            job_id,
             env.world_size,
             env.restart_count,
             config["out"],
         )
     cfg = ExperimentConfig.from_dict(config, source=f"{label} (submitted config)")
-    try:
-        result = Trainer(cfg).fit()
-    except (ConfigError, DivergenceError) as exc:
-        # The exit codes of `bioscale train` (2 config, 3 divergence), so that
-        # sacct and `bioscale sweep status` tell a diverged trial from a crash (1).
-        log.error("%s: %s", label, exc)
-        logging.shutdown()
-        sys.exit(2 if isinstance(exc, ConfigError) else 3)
+    result = train_run(cfg)
     shutdown()  # leave the process group cleanly so no rank exits under another's all-reduce
     keys = ("selected_epoch", "val_top1_err", "test_top1_err", "epochs_completed", "steps")
     return {k: result[k] for k in keys if k in result}
+
+
+def run_in_process(config: dict[str, Any], label: str, threads: int) -> int:
+    """Train one run in this (single, non-SLURM) process: the local pool's job body.
+    Returns the exit code instead of exiting: the pool process is reused for nothing, but
+    its future reports the code."""
+    import torch
+
+    from bioscale.training.config import ConfigError
+    from bioscale.training.divergence import DivergenceError
+
+    torch.set_num_threads(threads)
+    try:
+        _train(config, label, f"pid {os.getpid()}")
+    except (ConfigError, DivergenceError) as exc:
+        log.error("%s: %s", label, exc)
+        return exit_code(exc)
+    return 0

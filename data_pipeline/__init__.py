@@ -17,11 +17,15 @@ import importlib
 
 _EXPORTS = {
     "DataError": "errors",
+    "UserError": "errors",
     "SplitInfo": "manifest",
     "ShardInfo": "manifest",
     "open_split": "manifest",
     "build_reader": "readers",
-    "Reader": "readers",
+    "Reader": "reader_base",
+    "READERS": "names",
+    "READER_KINDS": "names",
+    "DATASETS": "names",
     "prepare": "prepare",
     "verify_split": "verify",
 }

@@ -25,7 +25,7 @@ import torch
 
 from .errors import DataError
 from .plan import EpochPlan
-from .readers import Reader
+from .reader_base import Reader
 from .wds_reader import decode_pil
 
 PREFETCH = 2

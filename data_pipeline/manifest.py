@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic_files import atomic_write_text
 from .errors import DataError
 from .transforms import AUTO, NORMALIZATION
 
@@ -82,11 +83,8 @@ def load_manifest(path: str | os.PathLike) -> dict:
 
 
 def write_manifest(split_dir: Path, manifest: dict) -> None:
-    """Atomic (temporary name, then rename) and deterministic (sorted keys)."""
-    target = split_dir / MANIFEST
-    tmp = split_dir / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, target)
+    """Atomic (fsynced temporary file, then rename) and deterministic (sorted keys)."""
+    atomic_write_text(split_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def open_split(path: str | os.PathLike, check_files: bool = True) -> SplitInfo:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic_files import atomic_open, atomic_write_text
 from .errors import DataError
 from .manifest import FORMAT, MANIFEST, load_manifest, write_manifest
 from .shardfile import file_sha256, write_index, write_tar
@@ -56,7 +57,7 @@ def held_out(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     set depends on (n, val_size, seed) only; the training order is a seeded
     permutation of the rest."""
     if not 0 <= val_size < n:
-        raise ValueError(f"--val-size {val_size} must be in [0, {n}) for a training set of {n} images")
+        raise DataError(f"--val-size {val_size} must be in [0, {n}) for a training set of {n} images")
     val = np.sort(np.random.default_rng(seed).choice(n, size=val_size, replace=False))
     keep = np.ones(n, dtype=bool)
     keep[val] = False
@@ -152,16 +153,14 @@ def _write_shard(task: ShardTask, out: str) -> dict:
         else None,
     }
     if samples:
-        tmp_tar = split_dir / f".{task.name}.tar.tmp-{os.getpid()}"
-        tmp_idx = split_dir / f".{task.name}.idx.tmp-{os.getpid()}"
-        write_tar(tmp_tar, samples)
-        write_index(tmp_tar, tmp_idx)
-        record.update(bytes=tmp_tar.stat().st_size, sha256=file_sha256(tmp_tar), index_sha256=file_sha256(tmp_idx))
-        os.replace(tmp_idx, split_dir / record["index"])
-        os.replace(tmp_tar, split_dir / record["name"])  # the tar last: its presence means complete
-    tmp_rec = split_dir / PARTIAL / f".{task.name}.json.tmp-{os.getpid()}"
-    tmp_rec.write_text(json.dumps(record, sort_keys=True))
-    os.replace(tmp_rec, split_dir / PARTIAL / f"{task.name}.json")
+        # The tar is published last (when the outer block ends): its presence means complete.
+        # Its index is computed from, and its hashes taken of, the finished temporary tar.
+        with atomic_open(split_dir / record["name"], "wb") as tar_file:
+            write_tar(tar_file, samples)
+            tmp_tar, idx_path = Path(tar_file.name), split_dir / record["index"]
+            write_index(tmp_tar, idx_path)
+            record.update(bytes=tmp_tar.stat().st_size, sha256=file_sha256(tmp_tar), index_sha256=file_sha256(idx_path))
+    atomic_write_text(split_dir / PARTIAL / f"{task.name}.json", json.dumps(record, sort_keys=True))
     return record
 
 
@@ -280,7 +279,7 @@ def prepare(
     source = open_source(dataset, src, max_side=max_side, skip_bad=skip_bad)
     shard_size = shard_size or DEFAULT_SHARD_SIZE[dataset]
     if shard_size < 1:
-        raise ValueError("--shard-size must be positive")
+        raise DataError("--shard-size must be positive")
     plans = plan_splits(source, seed=seed, val_size=val_size, shard_size=shard_size, max_side=max_side)
     out = Path(out)
     todo, done = [], {}

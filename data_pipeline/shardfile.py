@@ -22,7 +22,9 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+from .atomic_files import atomic_open, atomic_write_text
 from .errors import DataError
 
 INDEX_VERSION = "v1.2"
@@ -56,16 +58,21 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def write_tar(path: str | os.PathLike, samples: list[tuple[str, list[tuple[str, bytes]]]]) -> None:
-    """Write `samples` = [(key, [(ext, data), ...]), ...] in the given order."""
-    with open(path, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+def write_tar(target: str | os.PathLike | BinaryIO, samples: list[tuple[str, list[tuple[str, bytes]]]]) -> None:
+    """Write `samples` = [(key, [(ext, data), ...]), ...] in the given order, to a
+    path (published atomically) or into an open binary file (flushed, left open:
+    e.g. one from `atomic_open`, which publishes it)."""
+    if isinstance(target, (str, os.PathLike)):
+        with atomic_open(target, "wb") as raw:
+            write_tar(raw, samples)
+        return
+    with tarfile.open(fileobj=target, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for key, members in samples:
             if "." in key.rsplit("/", 1)[-1]:
                 raise ValueError(f"sample key {key!r} contains a dot; DALI would split its extension there")
             for ext, data in members:
                 tar.addfile(_tarinfo(f"{key}.{ext}", len(data)), io.BytesIO(data))
-        raw.flush()
-        os.fsync(raw.fileno())
+    target.flush()
 
 
 def index_lines(tar_path: str | os.PathLike) -> list[str]:
@@ -103,10 +110,8 @@ def index_lines(tar_path: str | os.PathLike) -> list[str]:
 
 
 def write_index(tar_path: str | os.PathLike, idx_path: str | os.PathLike) -> None:
-    with open(idx_path, "w") as f:
-        f.write("\n".join(index_lines(tar_path)) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Compute the DALI index of `tar_path` and publish it (atomically) at `idx_path`."""
+    atomic_write_text(idx_path, "\n".join(index_lines(tar_path)) + "\n")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ A `Source` lists each official split (`train`, `test`) as sorted, stable ids
 with integer labels, and encodes item `i` of a split into the bytes stored in
 a shard. Array datasets (MNIST-likes from IDX files, CIFAR-10 from its pickle
 batches) are encoded as lossless PNG; image-file datasets live in
-`imagefiles.py`. Sources are pickled to preparation workers, so large arrays
+`imagefiles.py`; the types both build on (`Encoded`, `Source`, `SourceSplit`)
+in `source_types.py`. Sources are pickled to preparation workers, so large arrays
 are loaded lazily in each process instead of being shipped.
 """
 
@@ -14,12 +15,14 @@ import gzip
 import io
 import pickle
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DataError
+from .imagefiles import open_file_source
+from .names import DATASETS
+from .source_types import Encoded, Source, SourceSplit
 
 FASHION_MNIST_DEFAULT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = [
@@ -34,36 +37,6 @@ FASHION_CLASSES = [
     "Bag",
     "Ankle boot",
 ]
-DATASETS = ("imagenet", "cifar10", "mnist", "fashion-mnist", "folder")
-
-
-@dataclass(frozen=True)
-class Encoded:
-    ext: str  # "jpg" or "png"
-    data: bytes
-    width: int
-    height: int
-    quirks: tuple[str, ...] = ()  # what was repaired (cmyk, grayscale, png_as_jpeg, resized, ...)
-
-
-@dataclass
-class SourceSplit:
-    ids: list[str]
-    labels: np.ndarray  # int64, one per id
-
-
-@dataclass
-class Source:
-    dataset: str
-    root: Path
-    classes: list[str]
-    channels: int
-    image: dict  # format facts written to the manifest
-    splits: dict[str, SourceSplit]
-    skipped: list[dict] = field(default_factory=list)  # problems found while listing (empty classes, ...)
-
-    def encode(self, split: str, i: int) -> Encoded:  # pragma: no cover - abstract
-        raise NotImplementedError
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -238,7 +211,7 @@ def open_source(dataset: str, src: str | Path | None, *, max_side: int | None = 
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     if src is None:
         if dataset != "fashion-mnist":
-            raise ValueError(f"{dataset}: --src is required")
+            raise DataError(f"{dataset}: --src is required")
         src = FASHION_MNIST_DEFAULT
     root = Path(src).expanduser().resolve()
     if not root.is_dir():
@@ -262,6 +235,7 @@ def open_source(dataset: str, src: str | Path | None, *, max_side: int | None = 
             "truck",
         ]
         return _array_source(dataset, root, _cifar_loader(root), classes, 3)
-    from .imagefiles import open_file_source
-
     return open_file_source(dataset, root, max_side=max_side, skip_bad=skip_bad)
+
+
+__all__ = ["DATASETS", "Encoded", "Source", "SourceSplit", "ArraySource", "open_source"]

@@ -16,7 +16,7 @@ import torch
 from .errors import DataError
 from .index import SampleIndex
 from .plan import EpochPlan
-from .readers import Reader
+from .reader_base import Reader
 from .transforms import Transform, apply_pil
 
 

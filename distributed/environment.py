@@ -15,6 +15,8 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from bioscale.data_pipeline.errors import UserError
+
 LAUNCHERS = ("single", "torchrun", "slurm", "deepspeed")
 
 # Ports derived from a SLURM job id land in [15000, 30000): below the Linux
@@ -64,8 +66,10 @@ class DistEnv:
         return max(1, self.world_size // max(1, self.local_world_size))
 
 
-class LaunchEnvironmentError(RuntimeError):
+class LaunchEnvironmentError(UserError, RuntimeError):
     """Missing or inconsistent launcher variables (e.g. RANK >= WORLD_SIZE)."""
+
+    exit_code = 2
 
 
 def _int(environ: Mapping[str, str], key: str, default: int | None = None) -> int:

@@ -24,7 +24,6 @@ divides the loss).
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -117,14 +116,14 @@ class Pipeline:
         self.carries_error = rule.name == "dfa"
         self._drop_other_blocks(learner, set(self.layers), shift=1 if self.carries_error else 0)
         # The rule computes inverse losses for every layer; this stage owns only some.
-        # A shallow copy with a narrowed `inverse_layers` reuses the rule's own code.
-        self.stage_rule = copy.copy(rule)
-        owned = set(self.layers)
-        self.stage_rule.inverse_layers = lambda depth: [l for l in rule.inverse_layers(depth) if l in owned]
-        inverse = [
-            p for l in self.stage_rule.inverse_layers(self.depth) for p in net.blocks[l - 1].inverse_layer.parameters()
-        ]
-        forward = [p for l in self.layers for p in net.blocks[l - 1].layer.parameters()]
+        self.owned = set(self.layers)
+        inverse: list[nn.Parameter] = []
+        for l in rule.inverse_layers(self.depth):
+            if l in self.owned:
+                inverse_layer = net.block(l).inverse_layer
+                assert inverse_layer is not None  # the Learner checked every trained layer has one
+                inverse.extend(inverse_layer.parameters())
+        forward = [p for l in self.layers for p in net.block(l).layer.parameters()]
         self.updater = Updater(_StageParams(forward, inverse), optim)
         self.params = forward + inverse
         first_param = forward[0]
@@ -163,10 +162,11 @@ class Pipeline:
             h = x
         else:
             h = torch.empty(
-                (y.shape[0], *self.learner.net.blocks[self.layers[0] - 1].in_shape),
+                (y.shape[0], *self.learner.net.block(self.layers[0]).in_shape),
                 dtype=self.dtype,
                 device=self.device,
             )
+            assert self.prev_rank is not None  # not the first stage
             self._recv(h, self.prev_rank)
             h.requires_grad_(signal)
         t0 = time.perf_counter()
@@ -187,12 +187,15 @@ class Pipeline:
                         h = TraceGap.apply(h, l, trace)
                     hs[l] = h
         if phase != "forward":
-            inv = self.stage_rule.inverse_losses(self.learner.net, hs, noise)
+            inv = self.rule.inverse_losses(self.learner.net, hs, noise, layers=self.owned)
             if inv:
-                loss = sum(inv.values()) if loss is None else loss + sum(inv.values())
+                inv_total = sum(inv.values())
+                assert isinstance(inv_total, torch.Tensor)  # a sum of (at least one) losses
+                loss = inv_total if loss is None else loss + inv_total
         self.stats.compute_s += time.perf_counter() - t0
         h_out = None if self.last else h
         if h_out is not None:
+            assert self.next_rank is not None  # not the last stage
             self._send(h_out.detach(), self.next_rank)
         return _InFlight(
             h_in if signal and not self.first else None, h_out if signal else None, loss, trace, logits, self.version
@@ -201,6 +204,7 @@ class Pipeline:
     def _backward(self, rec: _InFlight) -> None:
         tensors, grads = [], []
         if rec.h_out is not None:
+            assert self.next_rank is not None  # only the last stage sends nothing on
             g = torch.empty(rec.h_out.shape, dtype=rec.h_out.dtype, device=rec.h_out.device)
             self._recv(g, self.next_rank)
             if self.carries_error:
@@ -219,8 +223,10 @@ class Pipeline:
         if rec.h_in is not None:
             if rec.h_in.grad is None:
                 raise RuntimeError(f"stage {self.stage}: no signal reached its input h_{self.layers[0] - 1}")
+            assert self.prev_rank is not None  # only the first stage has no h_in
             self._send(rec.h_in.grad, self.prev_rank)
             if self.carries_error:
+                assert rec.trace.output_error is not None  # received above, or set by the top block
                 self._send(rec.trace.output_error, self.prev_rank)
         self.stats.staleness.append(self.version - rec.version)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from bioscale.data_pipeline.atomic_files import atomic_open
 from bioscale.distributed.environment import DistEnv
 from bioscale.distributed.process_group import exit_process, init_distributed
 
@@ -41,7 +42,8 @@ def _child(fn, rank: int, world: int, port: int, out: str, args: tuple, threads:
         # require_group: DeepSpeed needs a group (and the env:// variables) even on one rank.
         init_distributed(env, backend="gloo", timeout_s=300, require_group=True)
         result = fn(*args)
-        torch.save(result, Path(out) / f"rank{rank}.pt")
+        with atomic_open(Path(out) / f"rank{rank}.pt", "wb") as f:  # the parent reads it back
+            torch.save(result, f)
     except BaseException:
         traceback.print_exc()
         exit_process(1)

@@ -4,7 +4,7 @@ the results table as CSV + Markdown (report) and figures (figures).
     from bioscale.experiments import reproduce
     summary = reproduce("fashion-mnist", "small", data="data/fashion-mnist", out="runs/repro")
 
-Imports training/, models/, algorithms/, data_pipeline/ only; the CLI adds the SLURM executor."""
+Runs go through an executor of cluster/ (a local process pool by default, or SLURM)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bioscale.cluster.executors import Executor
 from bioscale.experiments.tables import TABLES, Budget, Row, Table, get_table
 
 __all__ = ["TABLES", "Budget", "Row", "Table", "get_table", "reproduce", "Summary"]
@@ -36,7 +37,7 @@ def reproduce(
     seeds: int | None = None,
     rows: Sequence[str] = (),
     overrides: Sequence[str] = (),
-    executor=None,
+    executor: Executor | None = None,
     figures: bool = True,
     context: Sequence[str] = (),
 ) -> Summary:
@@ -54,9 +55,7 @@ def reproduce(
         raise ValueError(f"table {table.name!r} has no budget {budget!r}; known: {', '.join(table.budgets)}")
     out = Path(out)
     t0 = time.perf_counter()
-    runs = runner.run_table(
-        table, chosen, data, out, seeds=seeds, rows=rows, overrides=overrides, executor=executor or runner.run_local
-    )
+    runs = runner.run_table(table, chosen, data, out, seeds=seeds, rows=rows, overrides=overrides, executor=executor)
     wall = time.perf_counter() - t0
     runs = runner.with_existing_seeds(runs)
     results = report.collect(table, runs)

@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from bioscale.data_pipeline.atomic_files import atomic_open
 from bioscale.experiments.report import RowResult, column
 from bioscale.experiments.tables import Table
 
@@ -165,7 +166,8 @@ def bars(table: Table, results: Sequence[RowResult], path: str | Path) -> Path:
 def _save(fig, path: str | Path, plt) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_open(path, "wb") as f:  # a report links it: never a torn image
+        fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=110)
     plt.close(fig)
     return path
 

@@ -11,8 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bioscale.experiments.runner import WALL_FILE, PlannedRun, read_json
+from bioscale.algorithms.config import TP_RULES
+from bioscale.data_pipeline.atomic_files import atomic_open, atomic_write_text
+from bioscale.experiments.runner import PlannedRun
 from bioscale.experiments.tables import Row, Table
+from bioscale.training.run_records import WALL_FILE, RunState, read_json, run_state
+from bioscale.training.selection import RESULT_FILE
 
 CSV_COLUMNS = (
     "table",
@@ -69,18 +73,15 @@ class RowResult:
 
 
 def _run_record(run: PlannedRun) -> tuple[dict | None, str]:
-    result = read_json(run.run_dir / "result.json")
+    result = read_json(run.run_dir / RESULT_FILE)
     wall = read_json(run.run_dir / WALL_FILE) or {}
-    status = wall.get("status", "ok" if result else "missing")
+    state = run_state(run.run_dir, run.load_config().train.epochs)
     if result is None:
-        return None, "diverged" if status.startswith("diverged") else "missing"
+        return None, "diverged" if state is RunState.DIVERGED else "missing"
     by_epoch = {h["epoch"]: h for h in result.get("history", [])}
     selected = by_epoch.get(result.get("selected_epoch"), {})
     record = dict(result, train_top1_err=selected.get("train_top1_err"), wall_s=wall.get("wall_s"))
-    epochs = run.load_config().train.epochs
-    if status.startswith("diverged"):
-        return record, "diverged"
-    return record, "ok" if result.get("epochs_completed", 0) >= epochs else "partial"
+    return record, {RunState.FINISHED: "ok", RunState.DIVERGED: "diverged"}.get(state, "partial")
 
 
 def collect(table: Table, runs: Sequence[PlannedRun]) -> list[RowResult]:
@@ -104,7 +105,7 @@ def collect(table: Table, runs: Sequence[PlannedRun]) -> list[RowResult]:
 
 
 def _is_tp(row: Row) -> bool:
-    return row.rule in ("dtp", "sdtp", "aosdtp")
+    return row.rule in TP_RULES
 
 
 def _worst(a: str, b: str) -> str:
@@ -117,7 +118,7 @@ def _worst(a: str, b: str) -> str:
 
 def write_csv(table: Table, results: Sequence[RowResult], path: str | Path) -> Path:
     path = Path(path)
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, CSV_COLUMNS)
         writer.writeheader()
         for res in results:
@@ -295,5 +296,5 @@ def write_markdown(
     for fig in figures:
         rel = Path(fig).relative_to(path.parent) if Path(fig).is_relative_to(path.parent) else Path(fig)
         parts += [f"![{rel.stem}]({rel.as_posix()})", ""]
-    path.write_text("\n".join(parts), encoding="utf-8")
+    atomic_write_text(path, "\n".join(parts))
     return path

@@ -1,30 +1,33 @@
-"""Run the rows of a table: plan one training run per (row, seed), skip the finished ones,
-hand the rest to an executor (here: in-process, one after the other; the CLI may pass a
-SLURM one), then collect every run's result.json.
+"""Run the rows of a table: plan one training run per (row, seed), skip the finished ones
+(all epochs done, or diverged), hand the rest to an executor of cluster/ — the local
+process pool or SLURM, the same code for both, the same one sweeps use — wait for them,
+then collect every run's result.json.
 
 Layout under OUT:
     OUT/runs/<row key>/seed<k>/   the trainer's run directory (config.yaml, tb/, result.json, ...)
     OUT/results.csv, OUT/results.md, OUT/figures/*.png   (report.py, figures.py)
-Re-running the same command skips finished runs and resumes unfinished ones (the trainer
-resumes from its last checkpoint)."""
+Re-running the same command skips finished runs, waits for ones still queued or running
+from an earlier call (SLURM), and resumes unfinished ones (the trainer resumes from its
+last checkpoint); a diverged run is never resubmitted."""
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bioscale.cluster import launcher
+from bioscale.cluster.executors import Executor, LocalExecutor
+from bioscale.cluster.training_job import TrainingJob
 from bioscale.configs import CONFIG_DIR as CONFIGS
 from bioscale.experiments.tables import Budget, Row, Table
 from bioscale.training.config import ExperimentConfig, load_config
+from bioscale.training.preflight import check_experiment
+from bioscale.training.run_records import run_state
 
 log = logging.getLogger("bioscale.reproduce")
-WALL_FILE = "reproduce_wall.json"
-"""Seconds this runner spent training a run, summed over attempts (the trainer does not time itself)."""
 
 
 @dataclass
@@ -95,56 +98,9 @@ def with_existing_seeds(runs: Sequence[PlannedRun]) -> list[PlannedRun]:
     return out
 
 
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def is_finished(run: PlannedRun, cfg: ExperimentConfig | None = None) -> bool:
     """All epochs done, or diverged (a rerun would resume from the last good state and diverge again)."""
-    if (read_json(run.run_dir / WALL_FILE) or {}).get("status", "").startswith("diverged"):
-        return True
-    result = read_json(run.run_dir / "result.json")
-    if result is None:
-        return False
-    epochs = (cfg or run.load_config()).train.epochs
-    return result.get("epochs_completed", 0) >= epochs
-
-
-def _add_wall(run_dir: Path, seconds: float, status: str) -> None:
-    previous = read_json(run_dir / WALL_FILE) or {}
-    record = {
-        "wall_s": previous.get("wall_s", 0.0) + seconds,
-        "attempts": previous.get("attempts", 0) + 1,
-        "status": status,
-    }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / WALL_FILE).write_text(json.dumps(record) + "\n", encoding="utf-8")
-
-
-def run_local(runs: Sequence[PlannedRun]) -> None:
-    """Train each run in this process, one after the other. A diverged run is recorded and
-    the table goes on (the report marks it); any other error stops the table."""
-    from bioscale.training.divergence import DivergenceError
-    from bioscale.training.trainer import Trainer
-
-    for i, run in enumerate(runs, 1):
-        cfg = run.load_config()
-        shown = [o for o in run.overrides if not o.startswith(("data.path=", "out="))]
-        log.info("[%d/%d] %s: %s", i, len(runs), run.label, " ".join(shown))
-        t0 = time.perf_counter()
-        try:
-            Trainer(cfg).fit()
-            status = "ok"
-        except DivergenceError as exc:
-            log.warning("%s diverged: %s", run.label, exc)
-            status = f"diverged: {exc}"
-        _add_wall(run.run_dir, time.perf_counter() - t0, status)
-
-
-Executor = Callable[[Sequence[PlannedRun]], None]
+    return run_state(run.run_dir, (cfg or run.load_config()).train.epochs).done
 
 
 def run_table(
@@ -156,15 +112,66 @@ def run_table(
     seeds: int | None = None,
     rows: Sequence[str] = (),
     overrides: Sequence[str] = (),
-    executor: Executor = run_local,
+    executor: Executor | None = None,
     configs: str | Path = CONFIGS,
+    poll_s: float = 10.0,
 ) -> list[PlannedRun]:
-    """Plan, run what is not finished, and return the plan (report.collect reads the results)."""
+    """Plan, run what is not finished through `executor` (default: a one-process local
+    pool) and wait for it; return the plan (report.collect reads the results)."""
     runs = plan(table, budget, data, out, seeds=seeds, rows=rows, overrides=overrides, configs=configs)
     cfgs = [run.load_config() for run in runs]  # every config error surfaces before any training
-    pending = [run for run, cfg in zip(runs, cfgs) if not is_finished(run, cfg)]
-    skipped = len(runs) - len(pending)
-    log.info("table %s: %d runs, %d finished already, %d to run", table.name, len(runs), skipped, len(pending))
+    pending = [(run, cfg) for run, cfg in zip(runs, cfgs) if not is_finished(run, cfg)]
+    log.info(
+        "table %s: %d runs, %d finished already, %d to run",
+        table.name,
+        len(runs),
+        len(runs) - len(pending),
+        len(pending),
+    )
     if pending:
-        executor(pending)
+        own = executor is None
+        jobs = executor or LocalExecutor(Path(out).resolve() / "logs")
+        try:
+            execute(pending, jobs, job_name=f"bioscale-{table.name}", poll_s=poll_s)
+        finally:
+            if own:
+                jobs.shutdown()
     return runs
+
+
+def execute(
+    pending: Sequence[tuple[PlannedRun, ExperimentConfig]], executor: Executor, job_name: str, poll_s: float = 10.0
+) -> None:
+    """Submit every pending run that has no live job yet (checked first, all of them, before
+    anything is queued), then wait for all of them. Runs that end unfinished are logged;
+    re-running the table resumes them."""
+    waiting, new = [], []
+    for run, cfg in pending:
+        active = launcher.active_job(run.run_dir, executor)
+        if active:  # submitted by an earlier invocation and still queued or running
+            log.info("%s: job %s of an earlier call is still active; waiting for it", run.label, active)
+            waiting.append(active)
+        else:
+            check_experiment(cfg)
+            new.append((run, cfg))
+    if new:
+        ids = executor.submit([TrainingJob(cfg.to_dict(), label=run.label) for run, cfg in new], job_name=job_name)
+        for (run, _), job_id in zip(new, ids):
+            launcher.record_job(run.run_dir, job_id, executor)
+        log.info("submitted %d run(s) to %s: %s", len(ids), executor.describe(), ", ".join(ids))
+        waiting += ids
+    states = executor.wait(waiting, poll_s=poll_s)
+    unfinished = [run for run, cfg in pending if not is_finished(run, cfg)]
+    for run in unfinished:
+        records = launcher.job_records(run.run_dir, executor.cluster)
+        job_id = records[-1]["job_id"] if records else None
+        state = states.get(job_id) if job_id else None
+        tail = executor.log_tail(job_id, lines=3) if job_id else ""
+        log.warning(
+            "%s: job %s ended %s (exit %s) before its last epoch; re-run to resume it\n%s",
+            run.label,
+            job_id,
+            state.state if state else "?",
+            state.exit_code if state else "?",
+            tail,
+        )

@@ -60,6 +60,8 @@ class HiddenBlock(nn.Module):
 
 
 class OutputBlock(nn.Module):
+    aux_projection: torch.Tensor  # registered buffer, present when aux_dim > 0
+
     def __init__(
         self,
         in_shape: Shape,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.nn.grad
 from torch import nn
 
 from bioscale.models.geometry import SlidingWindow

@@ -26,6 +26,11 @@ class GlorotInit:
     to the input space, so its fans swap (`transposed = True`)."""
 
     transposed = False
+    # provided by the layer class this is mixed into
+    fan_in: int
+    fan_out: int
+    weight: nn.Parameter
+    bias: nn.Parameter | None
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         fan_in, fan_out = (self.fan_out, self.fan_in) if self.transposed else (self.fan_in, self.fan_out)

@@ -45,9 +45,9 @@ class Geometry:
             if oi is not None and oj is not None
         ]
 
-    def _taps(self, d, pad):
+    def _taps(self, d: int, pad: int) -> list[tuple[slice, slice] | tuple[None, None]]:
         n_in, n_out, k, s = self.input_size[d], self.output_size[d], self.kernel_size[d], self.stride[d]
-        taps = []
+        taps: list[tuple[slice, slice] | tuple[None, None]] = []
         for a in range(k):
             # Output i reads input i·s + a - pad; keep the i for which that lies inside the input.
             i0 = max(0, math.ceil((pad - a) / s))

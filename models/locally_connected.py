@@ -127,6 +127,7 @@ class LocallyConnected2d(GlorotInit, _LCGeometry):
             kernel = conv.weight.permute(0, 2, 3, 1).reshape(1, conv.out_channels, -1)  # K in (kh, kw, C) order
             layer.weight.copy_(kernel.expand_as(layer.weight))
             if conv.bias is not None:
+                assert layer.bias is not None  # built with bias=True above
                 layer.bias.copy_(conv.bias.view(-1, 1, 1).expand_as(layer.bias))
         return layer
 

@@ -20,9 +20,17 @@ class Network(nn.Module):
         """L, the number of blocks (the output block included)."""
         return len(self.blocks)
 
+    def block(self, l: int) -> HiddenBlock | OutputBlock:
+        """Block l (1-based, as in the rules); typed, where nn.ModuleList yields plain Modules."""
+        block = self.blocks[l - 1]
+        assert isinstance(block, (HiddenBlock, OutputBlock))
+        return block
+
     @property
     def output_block(self) -> OutputBlock:
-        return self.blocks[-1]
+        block = self.blocks[-1]
+        assert isinstance(block, OutputBlock)
+        return block
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
@@ -41,14 +49,15 @@ class Network(nn.Module):
 
     def forward_parameters(self) -> list[nn.Parameter]:
         """θ: the weights of every f_l."""
-        return [p for b in self.blocks for p in b.layer.parameters()]
+        return [p for l in range(1, self.depth + 1) for p in self.block(l).layer.parameters()]
 
     def inverse_parameters(self) -> list[nn.Parameter]:
         """λ: the weights of every g_l (empty when built without inverses)."""
-        return [p for b in self.blocks if b.inverse_layer is not None for p in b.inverse_layer.parameters()]
+        inverses = [self.block(l).inverse_layer for l in range(1, self.depth + 1)]
+        return [p for g in inverses if g is not None for p in g.parameters()]
 
     def parameter_counts(self) -> dict[str, int]:
-        fwd_w = sum(b.layer.weight.numel() for b in self.blocks)
+        fwd_w = sum(self.block(l).layer.get_parameter("weight").numel() for l in range(1, self.depth + 1))
         return {
             "forward_weights": fwd_w,
             "forward_params": sum(p.numel() for p in self.forward_parameters()),

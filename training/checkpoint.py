@@ -29,17 +29,18 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 
-from bioscale.training.atomic_files import atomic_open, atomic_write_text, is_temp
+from bioscale.data_pipeline.atomic_files import atomic_open, atomic_write_text, is_temp
+from bioscale.data_pipeline.errors import UserError
 
 MARKER = "latest"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """No usable checkpoint, or a weights file that does not fit the model."""
 
 
@@ -140,7 +141,8 @@ class CheckpointManager:
         path = self.dir / checkpoint_name(step)
         with atomic_open(path, "wb") as f:
             writer = _HashingWriter(f)
-            torch.save(state, writer)
+            # torch.save only calls write() and flush() on a file object
+            torch.save(state, cast(IO[bytes], writer))
         record = CheckpointRecord(path.name, step, writer.size, writer.sha256.hexdigest())
         kept = [r for r in self.records() if r.step < step][-(self.keep - 1) :] if self.keep > 1 else []
         self._write_marker([*kept, record])

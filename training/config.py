@@ -23,7 +23,9 @@ from typing import Any
 import yaml
 
 from bioscale.algorithms.config import RULES, AdamConfig, OptimConfig, RuleConfig
-from bioscale.training.atomic_files import atomic_write_text
+from bioscale.data_pipeline.atomic_files import atomic_write_text
+from bioscale.data_pipeline.errors import UserError
+from bioscale.data_pipeline.names import READERS
 
 __all__ = [
     "ConfigError",
@@ -41,15 +43,16 @@ __all__ = [
 ]
 
 DTYPES = ("float32", "float64", "bfloat16")
-READERS = ("auto", "wds", "dali")
 BACKENDS = ("none", "ddp", "deepspeed")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_SPLITS = ("val", "test")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad configuration: the message names the file (or override) and the key."""
+
+    exit_code = 2
 
 
 @dataclass
@@ -444,7 +447,9 @@ def _field_docs(cls: type) -> dict[str, str]:
 def _default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
-    return f.default_factory()  # type: ignore[misc]
+    factory = f.default_factory
+    assert callable(factory), f"field {f.name!r} has no default"  # every config field has one
+    return factory()
 
 
 def describe(cls: type = ExperimentConfig, prefix: str = "") -> str:

@@ -10,9 +10,13 @@ import math
 
 import torch
 
+from bioscale.data_pipeline.errors import UserError
 
-class DivergenceError(RuntimeError):
+
+class DivergenceError(UserError, RuntimeError):
     """Training produced NaN/inf; the last good checkpoint is left untouched."""
+
+    exit_code = 3
 
 
 def _bad(value) -> bool:

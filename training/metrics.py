@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from bioscale.training.atomic_files import atomic_write_text
+from bioscale.data_pipeline.atomic_files import atomic_write_text
 
 TAGS = (
     "train/loss",
@@ -123,6 +123,7 @@ class MetricsLogger:
             return
         if self._jsonl is None:
             raise RuntimeError("MetricsLogger is closed")
+        assert self._writer is not None  # opened together with _jsonl
         values = {tag: _as_float(tag, v) for tag, v in scalars.items()}
         for tag, value in values.items():
             self._writer.add_scalar(tag, value, global_step=step)
@@ -143,12 +144,14 @@ class MetricsLogger:
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
         self.log_scalars(step, metrics)
+        assert self._writer is not None  # log_scalars raised if closed
         flat = _flatten(hparams)
         for summary in hparams_summary(flat, {tag: _as_float(tag, v) for tag, v in metrics.items()}):
             self._writer._get_file_writer().add_summary(summary, global_step=step)
 
     def _write_pending(self) -> None:
         if self._pending:
+            assert self._jsonl is not None  # pending values are only logged while open
             record = {"step": self._step, "time": round(time.time(), 3), **self._pending}
             self._jsonl.write(json.dumps(record) + "\n")
             self._jsonl.flush()
@@ -157,11 +160,13 @@ class MetricsLogger:
     def flush(self) -> None:
         if self.enabled and self._jsonl is not None:
             self._write_pending()
+            assert self._writer is not None  # opened together with _jsonl
             self._writer.flush()
 
     def close(self) -> None:
         if self.enabled and self._jsonl is not None:
             self.flush()
+            assert self._writer is not None  # opened together with _jsonl
             self._writer.close()
             self._jsonl.close()
             self._jsonl = None

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from bioscale.training.atomic_files import atomic_write_text
+from bioscale.data_pipeline.atomic_files import atomic_write_text
 
 RESULT_FILE = "result.json"
 

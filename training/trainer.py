@@ -10,19 +10,20 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from bioscale.algorithms import Updater, angles_to_bp, build_learner, build_rule
+from bioscale.algorithms import Updater, angles_to_bp, build_learner
 from bioscale.distributed import all_reduce_sum, init_distributed, local_device, read_environment
 from bioscale.distributed.gradient_sync import all_reduce_gradients
-from bioscale.models import get_arch
 from bioscale.training.checkpoint import CheckpointManager, check_compatible, load_weights
 from bioscale.training.config import ConfigError, ExperimentConfig
 from bioscale.training.divergence import check_step, check_weights
 from bioscale.training.evaluation import evaluate
 from bioscale.training.host_memory import keep_freed_memory
 from bioscale.training.metrics import MetricsLogger
+from bioscale.training.preflight import check_config
 from bioscale.training.progress import ProgressReporter
 from bioscale.training.selection import select_epoch, write_result
 
@@ -32,15 +33,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, init_from: str | None = None):
-        if not cfg.out:
-            raise ConfigError("no run directory: pass --out DIR (or set `out:` in the config)")
-        if not cfg.data.path:
-            raise ConfigError("no data: pass --data DIR (or set data.path in the config)")
-        try:  # checks that need the registries, before anything is started
-            build_rule(cfg.algorithm)
-            get_arch(cfg.model.arch)
-        except ValueError as exc:
-            raise ConfigError(f"config: {exc}") from None
+        check_config(cfg)
+        assert cfg.out is not None  # check_config requires a run directory
         self.cfg, self.run_dir = cfg, Path(cfg.out)
         keep_freed_memory()
         self.env = read_environment()
@@ -64,7 +58,8 @@ class Trainer:
             self.learner.load_state_dict(weights)
         self.updater = self._build_updater()
         self.checkpoints = CheckpointManager(self.run_dir, keep=cfg.train.keep_checkpoints)
-        self.step, self.epoch, self.history = 0, 0, []
+        self.step, self.epoch = 0, 0
+        self.history: list[dict[str, Any]] = []
         self.epoch_stats = torch.zeros(3, dtype=torch.float64)  # errors, samples, loss this epoch
         # Noise for inverse losses and data order differ per rank; weights were seeded identically.
         torch.manual_seed(cfg.seed * 7919 + self.env.rank)
@@ -74,6 +69,7 @@ class Trainer:
     def _build_data(self):
         from bioscale.data_pipeline import build_reader, open_split
 
+        assert self.cfg.data.path is not None  # check_config requires a data directory
         cfg, root = self.cfg, Path(self.cfg.data.path)
         common = dict(
             kind=cfg.data.reader,
@@ -114,6 +110,11 @@ class Trainer:
                 )
             except ValueError as exc:
                 raise ConfigError(f"config: {exc}") from None
+        if self.cfg.distributed.backend == "ddp" and self.env.world_size > 1:
+            from bioscale.distributed.ddp_engine import DDPUpdater
+
+            return DDPUpdater(self.learner, self.cfg.optim, device=self.device)
+        # backend none: the explicit SUM all-reduce after backward (a no-op on one process)
         return Updater(self.learner, self.cfg.optim, grad_sync=all_reduce_gradients)
 
     # ------------------------------------------------------------- checkpoint
@@ -277,7 +278,7 @@ class Trainer:
 
     def _end_epoch(self):
         stats = all_reduce_sum(self.epoch_stats.clone())
-        record = {
+        record: dict[str, float | None] = {
             "epoch": self.epoch,
             "train_top1_err": stats[0].item() / max(stats[1].item(), 1),
             "train_loss": stats[2].item() / max(stats[1].item(), 1),

@@ -80,7 +80,9 @@ def run(args: argparse.Namespace) -> dict:
     import tempfile
     from pathlib import Path
 
-    from bioscale.data_pipeline import build_reader, open_split, prepare
+    from bioscale.data_pipeline import build_reader, open_split
+    from bioscale.data_pipeline.names import READER_KINDS
+    from bioscale.data_pipeline.prepare import prepare  # the package's lazy `prepare` can be the submodule
 
     with tempfile.TemporaryDirectory(prefix="bioscale-bench-data-") as tmp:
         if args.shards:
@@ -108,11 +110,11 @@ def run(args: argparse.Namespace) -> dict:
                 image_size=args.image_size,
                 num_workers=args.workers,
             )
-            for kind in ("dali", "wds")
+            for kind in READER_KINDS
         }
         for reader in readers.values():  # warm-up: page cache, pipeline build, first fork
             _measure(reader)
-        runs = {kind: [] for kind in readers}
+        runs: dict[str, list[tuple[int, float, float]]] = {kind: [] for kind in readers}
         for _ in range(max(1, args.repeats)):
             for kind, reader in readers.items():  # interleaved, so load changes hit both alike
                 runs[kind].append(_measure(reader))

@@ -99,6 +99,7 @@ def _step_gflop(net: _CifarNet, batch: int) -> float:
     """Multiply-adds ×2 of forward + weight gradient + input gradient (none for the first layer)."""
     total = 0
     for i, layer in enumerate(net.layers):
+        assert isinstance(layer, LocallyConnected2d)  # counted for the LC net (kind='lc')
         total += 2 * batch * layer.num_positions * layer.out_channels * layer.fan_in * (2 if i == 0 else 3)
     return total / 1e9
 

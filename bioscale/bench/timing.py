@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -20,12 +20,12 @@ class Context:
     results: dict = field(default_factory=dict)
     log: Callable[[str], None] = print
 
-    def compare(self, fns: dict[str, Callable[[], object]], reps: int | None = None) -> dict[str, float]:
+    def compare(self, fns: Mapping[str, Callable[[], object]], reps: int | None = None) -> dict[str, float]:
         """Median per-thread CPU milliseconds of each fn, the fns alternating within every repetition."""
         for fn in fns.values():
             for _ in range(self.warmup):
                 fn()
-        times = {name: [] for name in fns}
+        times: dict[str, list[float]] = {name: [] for name in fns}
         for _ in range(reps or self.reps):
             for name, fn in fns.items():
                 t0 = time.thread_time()

@@ -1,7 +1,7 @@
 """`bioscale inspect PATH`: verify shards against their manifest (counts,
 checksums, every member decodes). PATH: a split directory, its
 manifest.json, or a directory of splits. Exit 1 naming shard and member on
-any damage."""
+any damage; a PATH with no manifest at all is one line, exit 1 (a `DataError`)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bioscale.data_pipeline import DataError
+    from bioscale.data_pipeline.manifest import manifest_path
     from bioscale.data_pipeline.verify import find_splits, verify_split
 
+    splits = find_splits(args.path)
+    if not Path(args.path).exists():
+        raise DataError(f"{args.path}: no such file or directory")
+    if splits == [Path(args.path)] and not manifest_path(args.path).exists():
+        raise DataError(
+            f"{manifest_path(args.path)}: no manifest (nor */manifest.json below {args.path}); "
+            "run `bioscale prepare` first"
+        )
     status = 0
-    for split_dir in find_splits(args.path):
+    for split_dir in splits:
         report = verify_split(split_dir, decode=not args.no_decode, workers=args.workers)
         print(
             f"{report.path}: {report.dataset}/{report.split}: {report.num_samples} samples "

@@ -62,9 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bioscale.cluster import launcher
+    from bioscale.cluster import launcher, slurm_jobs
+    from bioscale.cluster.executors import SlurmExecutor, SubmissionError
     from bioscale.cluster.profile import ProfileError
     from bioscale.training.config import ConfigError, load_config
+    from bioscale.training.run_records import read_json
+    from bioscale.training.selection import RESULT_FILE
 
     overrides = list(args.overrides)
     if args.epochs is not None:
@@ -76,38 +79,39 @@ def run(args: argparse.Namespace) -> int:
             overrides.append(f"name={args.name}")
         run_dir = Path(args.out).resolve() / name
         cfg = launcher.build_config(args.config, overrides, str(Path(args.data).resolve()), run_dir)
-    except (ConfigError, ProfileError) as exc:
-        print(f"bioscale launch: {exc}\nnothing was submitted", file=sys.stderr)
-        return 2
-    try:
-        job = launcher.launch(cfg, profile, local=args.local)
-    except launcher.SubmissionError as exc:
-        print(f"bioscale launch: SLURM refused the job:\n{exc}\nprofile: {profile.describe()}", file=sys.stderr)
-        return 1
-    where = "locally" if args.local else f"to SLURM ({profile.describe()})"
-    print(f"submitted job {job.job_id} {where}\n  run directory: {run_dir}\n  logs: {run_dir / 'logs'}", flush=True)
-    if not (args.local or args.wait):
-        return 0
+    except ProfileError as exc:
+        raise ProfileError(f"{exc}; nothing was submitted") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; nothing was submitted") from None
+    keys = ("selected_epoch", "val_top1_err", "test_top1_err", "epochs_completed")
     if args.local:
         try:
-            job.results()  # every task's outcome; raises the first failure
-            ok = True
-        except Exception as exc:  # the job's own traceback is in its log
-            print(f"bioscale launch: the job failed: {exc}", file=sys.stderr)
-            ok = False
-    else:
-        state = launcher.wait_for([job.job_id], poll_s=args.poll_s)[job.job_id]
-        ok = state.state == "COMPLETED"
-        if not ok:
-            from bioscale.cluster import slurm_jobs
-
-            err = slurm_jobs.tail(slurm_jobs.log_paths(run_dir / "logs", job.job_id)[1])
+            summary = launcher.launch_here(cfg, profile)
+        except Exception as exc:  # the first task's failure; its traceback is in the job's log
+            lines = [ln for ln in str(exc).splitlines() if ln.strip()]
             print(
-                f"bioscale launch: job {job.job_id} ended {state.state} (exit {state.exit_code})\n{err}",
+                f"bioscale launch: the job failed: {lines[-1] if lines else exc!r} (logs: {run_dir / 'logs'})",
                 file=sys.stderr,
             )
-    result = launcher.read_result(run_dir)
-    if ok and result:
-        keys = ("selected_epoch", "val_top1_err", "test_top1_err", "epochs_completed")
-        print(json.dumps({k: result.get(k) for k in keys}))
-    return 0 if ok else 1
+            return 1
+        print(json.dumps({k: summary.get(k) for k in keys}))
+        return 0
+    executor = SlurmExecutor(run_dir / "logs", profile)
+    try:
+        job_id = launcher.launch(cfg, executor, world_size=profile.world_size)
+    except SubmissionError as exc:
+        raise SubmissionError(f"SLURM refused the job: {exc} (profile: {profile.describe()})") from None
+    print(
+        f"submitted job {job_id} to {executor.describe()}\n  run directory: {run_dir}\n  logs: {run_dir / 'logs'}",
+        flush=True,
+    )
+    if not args.wait:
+        return 0
+    state = executor.wait([job_id], poll_s=args.poll_s)[job_id]
+    if state.state != "COMPLETED":
+        err = slurm_jobs.tail(slurm_jobs.log_paths(run_dir / "logs", job_id)[1])
+        print(f"bioscale launch: job {job_id} ended {state.state} (exit {state.exit_code})\n{err}", file=sys.stderr)
+        return 1
+    result = read_json(run_dir / RESULT_FILE) or {}
+    print(json.dumps({k: result.get(k) for k in keys}))
+    return 0

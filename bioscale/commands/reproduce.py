@@ -43,10 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only rows whose key matches, e.g. 'fc_*' or 'fashion_mnist/lc_sdtp' (repeatable)",
     )
     parser.add_argument(
+        "--max-parallel",
+        type=int,
+        help="runs at once (local: pool processes, default 1, each with CPUs/N threads; slurm: array throttle)",
+    )
+    parser.add_argument(
         "--launcher",
         default="local",
         choices=("local", "slurm"),
-        help="slurm: one SLURM job per run through cluster/ (when installed), then wait",
+        help="local: a pool of --max-parallel processes here (default); slurm: SLURM jobs through submitit, then wait",
     )
     parser.add_argument("--profile", help="cluster profile for --launcher slurm (cluster/profiles/NAME.yaml)")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures (no matplotlib needed)")
@@ -87,11 +92,19 @@ def run(args: argparse.Namespace) -> int:
         from bioscale.data_pipeline import prepare
 
         prepare("fashion-mnist", data, workers=min(2, os.cpu_count() or 1), progress=False)
-    executor = _slurm_executor(args, data) if args.launcher == "slurm" else None
+    from bioscale.cluster.executors import make_executor
+    from bioscale.cluster.profile import load_profile
+
+    executor = make_executor(
+        args.launcher,
+        Path(args.out).resolve() / "logs",
+        profile=load_profile(args.profile) if args.launcher == "slurm" else None,
+        max_parallel=args.max_parallel,
+    )
     context = [
         f"Command: `{_command(args)}`",
         f"Machine: {platform.node()}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-        f"launcher {args.launcher}.",
+        f"runs on {executor.describe()}.",
     ]
     try:
         summary = reproduce(
@@ -109,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"bioscale reproduce: {exc}", file=sys.stderr)
         return 2
+    finally:
+        executor.shutdown()
     print(f"wrote {summary.markdown} and {summary.csv} ({len(summary.figures)} figures) in {summary.wall_s:.0f} s")
     return 0 if all(r.status == "ok" for r in summary.results) else 1
 
@@ -121,35 +136,7 @@ def _command(args: argparse.Namespace) -> str:
     for pattern in args.rows:
         words += ["--rows", pattern]
     words += ["--launcher", "slurm"] if args.launcher == "slurm" else []
+    words += ["--max-parallel", str(args.max_parallel)] if args.max_parallel else []
     for override in args.overrides:
         words += ["--set", override]
     return " ".join(shlex.quote(w) for w in words)
-
-
-def _slurm_executor(args: argparse.Namespace, data: Path):
-    """One SLURM job per run through cluster/ (the only layer allowed to import it is this
-    CLI); without cluster/ installed the table runs here, locally."""
-    try:
-        from bioscale.cluster import launcher
-        from bioscale.cluster.profile import load_profile
-    except ImportError as exc:
-        print(f"bioscale reproduce: --launcher slurm needs cluster/ ({exc}); running locally", file=sys.stderr)
-        return None
-    profile = load_profile(args.profile)
-
-    def execute(runs) -> None:
-        job_ids = []
-        for run in runs:
-            active = launcher.active_job(run.run_dir)
-            if active:  # submitted by an earlier invocation and still queued or running
-                job_ids.append(active)
-                continue
-            cfg = launcher.build_config(str(run.config_path), run.overrides, str(data.resolve()), run.run_dir)
-            job_ids.append(launcher.launch(cfg, profile).job_id)
-            print(f"submitted {run.label}: job {job_ids[-1]}", flush=True)
-        states = launcher.wait_for(job_ids)
-        failed = {j: s.state for j, s in states.items() if s.state != "COMPLETED"}
-        if failed:
-            print(f"bioscale reproduce: jobs not completed: {failed}; re-run to resume them", file=sys.stderr)
-
-    return execute

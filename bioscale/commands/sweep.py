@@ -1,8 +1,9 @@
 """`bioscale sweep --config X --data DIR --out SWEEP --trials 60 --space paper|FILE.yaml
-[--prune-after-epochs 10 --keep 1] [--max-parallel P] [cluster options] [key=value ...]`
+[--prune-after-epochs 10 --keep 1] [--local] [--max-parallel P] [cluster options] [key=value ...]`
 `bioscale sweep status --out SWEEP` · `bioscale sweep report --out SWEEP`
 
-Random search (seeded) as SLURM job arrays; with pruning, every trial trains
+Random search (seeded) as SLURM job arrays, or with `--local` as a pool of
+`--max-parallel` processes on this machine (no SLURM); with pruning, every trial trains
 `--prune-after-epochs` epochs, the best `--keep` continue from their checkpoints
 to `--epochs`. Waits until done unless `--no-wait`; re-running the same command
 continues the sweep and skips finished trials (`bioscale sweep --out SWEEP`
@@ -12,7 +13,6 @@ SWEEP/report.csv and SWEEP/report.md."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 from bioscale.commands.launch import add_cluster_arguments, load_cluster_profile
 
@@ -30,9 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prune-after-epochs", type=int, help="rank all trials after this many epochs ...")
     parser.add_argument("--keep", type=int, default=1, help="... and continue only the best KEEP")
     parser.add_argument("--name", help="sweep name (default: the config's name)")
-    parser.add_argument("--max-parallel", type=int, help="array tasks running at once (SLURM's %%N)")
-    parser.add_argument("--no-wait", action="store_true", help="submit what is due and return; re-run to continue")
-    parser.add_argument("--poll-s", type=float, default=15.0, help="seconds between SLURM state checks")
+    parser.add_argument(
+        "--local", action="store_true", help="run the trials here as a process pool, no SLURM (waits for the end)"
+    )
+    parser.add_argument(
+        "--max-parallel", type=int, help="trials running at once (SLURM's array %%N; --local: pool size, default 1)"
+    )
+    parser.add_argument(
+        "--no-wait", action="store_true", help="submit what is due and return; re-run to continue (SLURM only)"
+    )
+    parser.add_argument("--poll-s", type=float, default=15.0, help="seconds between job state checks")
     add_cluster_arguments(parser)
     parser.add_argument(
         "words",
@@ -46,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from bioscale.cluster import launcher, slurm_jobs
-    from bioscale.cluster.profile import ProfileError
+    from bioscale.cluster.executors import make_executor
     from bioscale.cluster.sweep import Sweep, make_spec, run_sweep
     from bioscale.cluster.sweep_report import summary, write_report
     from bioscale.training.config import ConfigError
@@ -56,63 +62,59 @@ def run(args: argparse.Namespace) -> int:
     action = words.pop(0) if words and words[0] in ACTIONS else "run"
     bad = [w for w in words if "=" not in w]
     if bad:
-        print(
-            f"bioscale sweep: unexpected {bad[0]!r}: the action is one of {', '.join(ACTIONS)} (first), "
-            "the rest are key=value overrides",
-            file=sys.stderr,
+        raise ConfigError(
+            f"unexpected {bad[0]!r}: the action is one of {', '.join(ACTIONS)} (first), "
+            "the rest are key=value overrides"
         )
-        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     root = Path(args.out)
-    try:
-        if action != "run":
-            sweep = Sweep.create_or_resume(root, None)
-            text, csv_path, md_path = write_report(sweep, sweep.status())
-            print(f"{text}\n\nwritten: {csv_path}, {md_path}")
-            return 0
-        starting = args.config is not None or args.trials is not None
-        if starting and (args.trials is None or args.data is None):
-            raise ConfigError("a new sweep needs --config, --data and --trials (and --space, default paper)")
-        spec = (
-            make_spec(
-                args.config,
-                words,
-                args.data,
-                args.space,
-                args.trials,
-                args.seed,
-                args.epochs,
-                args.prune_after_epochs,
-                args.keep,
-                args.name,
-            )
-            if starting
-            else None
+    if action != "run":
+        sweep = Sweep.create_or_resume(root, None)
+        kind = sweep.last_cluster() or ("local" if args.local else "slurm")
+        profile = None if kind == "local" else load_cluster_profile(args)
+        sweep.executor = make_executor(kind, sweep.root / "logs", profile=profile)
+        text, csv_path, md_path = write_report(sweep, sweep.status())
+        print(f"{text}\n\nwritten: {csv_path}, {md_path}")
+        return 0
+    starting = args.config is not None or args.trials is not None
+    if starting and (args.trials is None or args.data is None):
+        raise ConfigError("a new sweep needs --config, --data and --trials (and --space, default paper)")
+    if args.local and args.no_wait:
+        raise ConfigError("--local runs the trials in this process's pool: --no-wait needs SLURM")
+    if args.local and (args.tasks_per_node or 1) > 1:
+        raise ConfigError("--local runs one process per trial: --tasks-per-node > 1 needs SLURM")
+    spec = None
+    if starting:
+        spec = make_spec(
+            args.config,
+            words,
+            args.data,
+            args.space,
+            args.trials,
+            args.seed,
+            args.epochs,
+            args.prune_after_epochs,
+            args.keep,
+            args.name,
         )
-        profile = load_cluster_profile(args)
-        sweep = Sweep.create_or_resume(root, spec)
-    except (ConfigError, ProfileError) as exc:
-        print(f"bioscale sweep: {exc}\nnothing was submitted", file=sys.stderr)
-        return 2
+    profile = load_cluster_profile(args)
+    executor = make_executor(
+        "local" if args.local else "slurm",
+        Path(args.out).resolve() / "logs",
+        profile=profile,
+        max_parallel=args.max_parallel,
+        threads_per_job=args.cpus_per_task,
+    )
+    sweep = Sweep.create_or_resume(root, spec, executor)
+    print(f"sweep {sweep.root}: trials run on {executor.describe()}", flush=True)
 
     def report_progress(status, submitted):
         print(summary(sweep, status) + (f"; submitted {', '.join(submitted)}" if submitted else ""), flush=True)
 
     try:
-        status = run_sweep(
-            sweep,
-            profile,
-            max_parallel=args.max_parallel,
-            wait=not args.no_wait,
-            poll_s=args.poll_s,
-            on_change=report_progress,
-        )
-    except launcher.SubmissionError as exc:
-        print(f"bioscale sweep: SLURM refused the array:\n{exc}\nprofile: {profile.describe()}", file=sys.stderr)
-        return 1
-    except (ConfigError, slurm_jobs.SlurmError) as exc:
-        print(f"bioscale sweep: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 1
+        status = run_sweep(sweep, wait=not args.no_wait, poll_s=args.poll_s, on_change=report_progress)
+    finally:
+        executor.shutdown()
     text, csv_path, md_path = write_report(sweep, status)
     print(f"{text}\n\nwritten: {csv_path}, {md_path}")
     if sweep.complete(status) or args.no_wait:

@@ -2,14 +2,17 @@
 
 Single process, or one of many started by torchrun / srun / the DeepSpeed launcher
 (the process environment is read in `distributed/`). Re-running the same command
-resumes from the newest good checkpoint in --out."""
+resumes from the newest good checkpoint in --out.
+
+Errors (a bad key, missing data, divergence, an unusable checkpoint, Ctrl-C) are raised
+to `bioscale.cli.main`, which prints one line; a rank of a multi-process run prints its
+own line and leaves with `exit_process`, like a successful one."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bioscale.training.config import ConfigError, describe, load_config
+    from bioscale.training.config import describe, load_config
 
     if args.help_config:
         print(describe())
@@ -35,14 +38,8 @@ def run(args: argparse.Namespace) -> int:
     for key, value in (("data.path", args.data), ("out", args.out), ("train.epochs", args.epochs)):
         if value is not None:
             overrides.append(f"{key}={value}")
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as exc:
-        print(f"bioscale train: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, overrides)  # ConfigError: one line from the CLI, exit 2
     from bioscale.distributed import exit_process, read_environment
-    from bioscale.training.divergence import DivergenceError
-    from bioscale.training.trainer import Trainer
 
     env = read_environment()
     logging.basicConfig(
@@ -51,14 +48,17 @@ def run(args: argparse.Namespace) -> int:
         datefmt="%H:%M:%S",
     )
     try:
-        trainer = Trainer(cfg, init_from=args.init_from)
-        result = trainer.fit()
-    except ConfigError as exc:
-        print(f"bioscale train: {exc}", file=sys.stderr)
-        return 2
-    except DivergenceError as exc:
-        print(f"bioscale train: {exc}; the last good checkpoint in {cfg.out}/checkpoints is kept", file=sys.stderr)
-        return 3
+        result = _fit(cfg, args.init_from)
+    except (Exception, KeyboardInterrupt) as exc:
+        if env.world_size <= 1:
+            raise  # the CLI prints it: one line for an expected error, a traceback for a bug
+        # A rank of a multi-process run: a normal interpreter exit may abort under the
+        # process group (see exit_process), so print here and leave at once.
+        from bioscale.cli import report_error
+
+        code = report_error("train", exc, debug=getattr(args, "debug", False), prefix=f" [rank {env.rank}]")
+        exit_process(code)
+        return code  # not reached: exit_process leaves the process
     if env.rank == 0 and "test_top1_err" in result:
         summary = {
             k: result[k] for k in ("selected_epoch", "val_top1_err", "test_top1_err", "test_top5_err") if k in result
@@ -67,3 +67,13 @@ def run(args: argparse.Namespace) -> int:
     if env.world_size > 1:
         exit_process(0)
     return 0
+
+
+def _fit(cfg, init_from: str | None) -> dict:
+    from bioscale.training.divergence import DivergenceError
+    from bioscale.training.trainer import Trainer
+
+    try:
+        return Trainer(cfg, init_from=init_from).fit()
+    except DivergenceError as exc:
+        raise DivergenceError(f"{exc}; the last good checkpoint in {cfg.out}/checkpoints is kept") from exc

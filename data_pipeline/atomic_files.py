@@ -1,8 +1,19 @@
 """Replace files atomically: write a hidden temp file next to the target,
 fsync it, rename it over the target, fsync the directory. A reader (or a
 process restarted after SIGKILL / power loss) sees the old file or the new
-one, never a torn one. Used for checkpoints, their `latest` marker,
-result.json and the rewritten metrics.jsonl."""
+one, never a torn one.
+
+The one way bioscale publishes a file that someone else reads back: shards,
+their DALI indices and manifests, checkpoints and their `latest` marker, the
+saved config, result/record JSON, the rewritten metrics.jsonl, sweep and
+table reports. (Appends to jsonl logs stay appends.) It lives on the ground
+floor of the import ladder, in data_pipeline, so that every floor can use it:
+data_pipeline cannot import training, and the fixed layout has no shared
+utility package; it imports nothing but the standard library.
+
+`atomic_open` yields a real file object whose `.name` is the temporary path,
+so a writer may read its own output back (hash it, index it) before it is
+published under the final name."""
 
 from __future__ import annotations
 
@@ -38,11 +49,12 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextmanager
-def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """`with atomic_open(p) as f: f.write(...)` — `p` appears complete or not at all."""
+def atomic_open(path: str | Path, mode: str = "wb", *, newline: str | None = None) -> Iterator[IO]:
+    """`with atomic_open(p) as f: f.write(...)` — `p` appears complete or not at all.
+    Text modes write UTF-8; `newline` as for `open` (pass "" for the csv module)."""
     path = Path(path)
     tmp = temp_name(path)
-    f = open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+    f = open(tmp, mode, encoding=None if "b" in mode else "utf-8", newline=newline)
     try:
         yield f
         f.flush()
