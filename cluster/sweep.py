@@ -43,7 +43,7 @@ from bioscale.cluster.search_space import as_overrides, load_space, sample
 from bioscale.cluster.training_job import TrainingJob
 from bioscale.data_pipeline.atomic_files import atomic_write_text
 from bioscale.training.config import ConfigError, ExperimentConfig, load_config
-from bioscale.training.run_records import RunState, read_json, run_state
+from bioscale.training.run_records import RunState, divergence_message, read_json, run_state
 from bioscale.training.selection import RESULT_FILE
 
 log = logging.getLogger("bioscale.sweep")
@@ -113,6 +113,8 @@ class TrialStatus:
     exit_code: str = ""
     stderr_tail: str = ""
     slurm_state: str = ""
+    divergence: str = ""
+    """A diverged trial's message (where and at which step)."""
 
     @property
     def val_top1_err(self) -> float | None:
@@ -234,6 +236,7 @@ class Sweep:
                 st.state = job.state.lower()
             elif done < target and run_state(self.trial_dir(i), target) is RunState.DIVERGED:
                 st.state = "pruned" if pruned else "diverged"  # done: resuming would diverge again
+                st.divergence = divergence_message(self.trial_dir(i)) or ""
             elif done >= target or record is None or record.get("epochs", 0) < target:
                 st.state = "pruned" if pruned else "finished" if done >= target else "new"
             elif job.state == "UNKNOWN" and _age_s(record) < UNKNOWN_GRACE_S:

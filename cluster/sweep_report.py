@@ -54,7 +54,7 @@ def rows(sweep: Sweep, status: list[TrialStatus]) -> tuple[list[str], list[list[
                 _pct(s.test_top1_err),
                 *(_fmt(s.params.get(k)) for k in keys),
                 s.job_id or "",
-                s.exit_code if s.state in ("failed", "stopped") else "",
+                s.exit_code if s.state in ("failed", "stopped", "lost", "diverged") else "",
             ]
         )
     return header, body
@@ -88,10 +88,17 @@ def summary(sweep: Sweep, status: list[TrialStatus]) -> str:
 def failure_details(status: list[TrialStatus]) -> str:
     parts = []
     for s in status:
-        if s.state in ("failed", "stopped"):
+        if s.state == "diverged":
+            parts.append(
+                f"trial t{s.trial:03d} diverged (job {s.job_id}, exit code {s.exit_code or '?'}): "
+                f"{s.divergence}; it counts as finished and is not run again"
+            )
+        elif s.state in ("failed", "stopped", "lost"):
             why = (
-                f"SLURM state {s.slurm_state}, exit code {s.exit_code or '?'}"
+                f"job state {s.slurm_state}, exit code {s.exit_code or '?'}"
                 if s.state == "failed"
+                else "its driver (the local pool) ended before it"
+                if s.state == "lost"
                 else f"job ended ({s.slurm_state}) after {s.epochs_done} of {s.target_epochs} epochs"
             )
             tail = "\n".join("    " + ln for ln in (s.stderr_tail or "(no stderr log)").splitlines())

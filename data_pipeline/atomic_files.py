@@ -49,7 +49,7 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextmanager
-def atomic_open(path: str | Path, mode: str = "wb", *, newline: str | None = None) -> Iterator[IO]:
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *, newline: str | None = None) -> Iterator[IO]:
     """`with atomic_open(p) as f: f.write(...)` — `p` appears complete or not at all.
     Text modes write UTF-8; `newline` as for `open` (pass "" for the csv module)."""
     path = Path(path)
@@ -68,6 +68,6 @@ def atomic_open(path: str | Path, mode: str = "wb", *, newline: str | None = Non
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_open(path, "w") as f:
         f.write(text)

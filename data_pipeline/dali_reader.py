@@ -19,6 +19,7 @@ member, and with on_error="skip" rebuilds the pipeline without them.
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ class _Feeder:
             return self.cache[j]
         r = self.reader
         draws = self.plan.draws(j)
-        batch = {"ids": [], "data": [], "anchor": [], "shape": [], "flip": [], "labels": []}
+        batch: dict[str, list[Any]] = {"ids": [], "data": [], "anchor": [], "shape": [], "flip": [], "labels": []}
         for k, i in enumerate(self.plan.indices(j)):
             i = int(i)
             if i in self.excluded:
@@ -106,12 +107,12 @@ class DaliReader(Reader):
         t = self.transform
         gpu = self.device.type == "cuda"
         decoder = "mixed" if gpu else "cpu"
-        color = types.GRAY if t.channels == 1 else types.RGB
+        color = types.DALIImageType.GRAY if t.channels == 1 else types.DALIImageType.RGB
 
         @pipeline_def(
             batch_size=self.batch_size,
             num_threads=max(1, self.num_workers),
-            device_id=self._device_id() if gpu else None,
+            device_id=self._device_id() if gpu else None,  # type: ignore[arg-type]  # None = CPU-only; DALI's stub says int
             prefetch_queue_depth=PREFETCH,
             seed=self.seed,
         )
@@ -129,7 +130,8 @@ class DaliReader(Reader):
                     output_type=color,
                     device=decoder,
                 )
-                images = fn.resize(images, size=[t.size, t.size], antialias=True)
+                # DALI's stubs type every op's result as DataNode | Sequence[DataNode] | None
+                images = fn.resize(images, size=[t.size, t.size], antialias=True)  # type: ignore[assignment]
             else:
                 images = fn.decoders.image(data, output_type=color, device=decoder)
                 if t.mode == "padcrop":
@@ -139,7 +141,7 @@ class DaliReader(Reader):
             return fn.crop_mirror_normalize(
                 images,
                 mirror=flip,
-                dtype=types.FLOAT,
+                dtype=types.DALIDataType.FLOAT,
                 output_layout="CHW",
                 mean=[m * 255 for m in t.mean],
                 std=[s * 255 for s in t.std],

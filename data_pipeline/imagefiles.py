@@ -47,9 +47,9 @@ def normalise_image(data: bytes, name: str, *, jpeg_only: bool, max_side: int | 
     from PIL import Image
 
     try:
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
         fmt, mode, (width, height) = image.format, image.mode, image.size
-        resize = bool(max_side) and max(width, height) > max_side
+        resize = bool(max_side and max(width, height) > max_side)
         keep = mode == "RGB" and not resize and (fmt == "JPEG" or (fmt == "PNG" and not jpeg_only))
         if keep and fmt == "JPEG":
             # Decoding at 1/8 scale still walks all entropy-coded data, so a
@@ -71,9 +71,10 @@ def normalise_image(data: bytes, name: str, *, jpeg_only: bool, max_side: int | 
         quirks.append(f"mode_{mode.lower()}")
     image = image.convert("RGB")
     if resize:
+        assert max_side is not None  # resize implies a limit
         scale = max_side / max(width, height)
         width, height = max(1, round(width * scale)), max(1, round(height * scale))
-        image = image.resize((width, height), Image.LANCZOS)
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
         quirks.append("resized")
     as_jpeg = jpeg_only or fmt == "JPEG"
     buf = io.BytesIO()

@@ -66,7 +66,7 @@ class SampleIndex:
         self.keys = np.asarray(keys, dtype=np.bytes_)
         self.exts = np.asarray(exts, dtype=np.bytes_)
         self._fds: dict[int, int] = {}
-        self._pid = None
+        self._pid: int | None = None
 
     @staticmethod
     def _shard_samples(shard) -> list:

@@ -29,6 +29,7 @@ from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -120,8 +121,10 @@ def _init_worker(source: Source | None, skip_bad: bool) -> None:
 
 def _write_shard(task: ShardTask, out: str) -> dict:
     source, split_dir = _SOURCE, Path(out) / task.split
+    assert source is not None  # set by _init_worker (in this process, or inherited on fork)
     src = source.splits[task.source_split]
-    samples, quirks, skipped, labels, sizes = [], Counter(), [], [], []
+    samples, skipped, labels, sizes = [], [], [], []
+    quirks: Counter[str] = Counter()
     for i in task.items:
         try:
             enc = source.encode(task.source_split, i)
@@ -135,7 +138,7 @@ def _write_shard(task: ShardTask, out: str) -> dict:
         quirks.update(enc.quirks)
         labels.append(label)
         sizes.append((enc.width, enc.height))
-    record = {
+    record: dict[str, Any] = {
         "name": f"{task.name}.tar",
         "index": f"{task.name}.idx",
         "num_samples": len(samples),
@@ -213,7 +216,8 @@ def _manifest(
     plan: str,
 ) -> dict:
     kept = [r for r in records if r["num_samples"]]
-    quirks, counts = Counter(), Counter()
+    quirks: Counter[str] = Counter()
+    counts: Counter[int] = Counter()
     for r in records:
         quirks.update(r["quirks"])
         counts.update({int(c): n for c, n in r["class_counts"].items()})
@@ -282,14 +286,15 @@ def prepare(
         raise DataError("--shard-size must be positive")
     plans = plan_splits(source, seed=seed, val_size=val_size, shard_size=shard_size, max_side=max_side)
     out = Path(out)
-    todo, done = [], {}
+    todo: list[ShardTask] = []
+    done: dict[tuple[str, str], dict] = {}
     for split, (_, _, tasks) in plans.items():
         split_dir = out / split
         (split_dir / PARTIAL).mkdir(parents=True, exist_ok=True)
         previous = _previous_records(split_dir, tasks[0].plan if tasks else "")
         for task in tasks:
             record = previous.get(f"{task.name}.tar")
-            if _reusable(split_dir, record, task.plan):
+            if record is not None and _reusable(split_dir, record, task.plan):
                 done[(split, task.name)] = record
             else:
                 todo.append(task)
@@ -316,10 +321,11 @@ def prepare(
                     finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
                     for future in finished:
                         task = futures[future]
-                        if future.exception() is not None:
+                        exc = future.exception()
+                        if exc is not None:
                             for other in pending:
                                 other.cancel()
-                            raise future.exception()
+                            raise exc
                         done[(task.split, task.name)] = future.result()
                         bar.update(len(task.items))
     finally:
@@ -338,8 +344,8 @@ def prepare(
             if re.fullmatch(rf"{split}-\d{{6}}\.(tar|idx)", stray.name) and stray.name not in keep:
                 stray.unlink()
         write_manifest(split_dir, manifest)
-        for record in (split_dir / PARTIAL).glob("*.json"):
-            record.unlink()
+        for partial in (split_dir / PARTIAL).glob("*.json"):
+            partial.unlink()
         (split_dir / PARTIAL).rmdir()
         summary[split] = {
             "num_samples": manifest["num_samples"],

@@ -51,7 +51,10 @@ def build_reader(
     transform = resolve(info.dataset, augment, train, image_size, info.channels, info.mean, info.std)
     if kind == "auto":
         kind = "dali" if _dali_available() else "wds"
-    args = dict(
+    reader_cls: type[Reader] = DaliReader if kind == "dali" else WdsReader
+    return reader_cls(
+        info,
+        transform,
         train=train,
         batch_size=batch_size,
         rank=rank,
@@ -61,9 +64,6 @@ def build_reader(
         device=device,
         on_error=on_error,
     )
-    if kind == "dali":
-        return DaliReader(info, transform, **args)
-    return WdsReader(info, transform, **args)
 
 
 __all__ = ["READERS", "Reader", "build_reader", "DataError"]

@@ -22,7 +22,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from .atomic_files import atomic_open, atomic_write_text
 from .errors import DataError
@@ -58,7 +58,7 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def write_tar(target: str | os.PathLike | BinaryIO, samples: list[tuple[str, list[tuple[str, bytes]]]]) -> None:
+def write_tar(target: str | os.PathLike | IO[bytes], samples: list[tuple[str, list[tuple[str, bytes]]]]) -> None:
     """Write `samples` = [(key, [(ext, data), ...]), ...] in the given order, to a
     path (published atomically) or into an open binary file (flushed, left open:
     e.g. one from `atomic_open`, which publishes it)."""
@@ -140,6 +140,7 @@ def read_index(idx_path: str | os.PathLike) -> list[IndexedSample]:
             ext, offset, size, name = fields[i : i + 4]
             key = split_member_name(name)[0]
             members[ext] = (int(offset), int(size))
+        assert key is not None  # the line has at least one member
         samples.append(IndexedSample(key, members))
     if len(samples) != expected:
         raise DataError(f"{path}: header says {expected} samples, file lists {len(samples)}")

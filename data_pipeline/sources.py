@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -206,7 +207,9 @@ def _array_source(dataset: str, root: Path, loader, classes: list[str], channels
     return source
 
 
-def open_source(dataset: str, src: str | Path | None, *, max_side: int | None = None, skip_bad: bool = False) -> Source:
+def open_source(
+    dataset: str, src: str | os.PathLike[str] | None, *, max_side: int | None = None, skip_bad: bool = False
+) -> Source:
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     if src is None:

@@ -86,10 +86,12 @@ class Transform:
             self._check_native(width, height)
             if not self.train:
                 return SampleParams(None, None, False)
+            assert draws is not None  # random modes get per-sample draws
             dx, dy = (int(d * (2 * PAD + 1)) - PAD for d in draws[2 * RRC_ATTEMPTS : 2 * RRC_ATTEMPTS + 2])
             return SampleParams(None, (dx, dy), bool(draws[-1] < 0.5))
         if self.mode == "crop":
             if self.train:
+                assert draws is not None  # random modes get per-sample draws
                 return SampleParams(random_resized_box(width, height, draws), None, bool(draws[-1] < 0.5))
             return SampleParams(center_box(width, height, self.size), None, False)
         raise ValueError(f"unknown transform mode {self.mode!r}")
@@ -176,7 +178,7 @@ def apply_pil(image, params: SampleParams, transform: Transform) -> np.ndarray:
     size = transform.size
     if params.box is not None:
         x, y, w, h = params.box
-        image = image.resize((size, size), Image.BILINEAR, box=(x, y, x + w, y + h))
+        image = image.resize((size, size), Image.Resampling.BILINEAR, box=(x, y, x + w, y + h))
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]

@@ -104,7 +104,9 @@ def verify_shard(split_dir: str, entry: dict, num_classes: int, channels: int, d
                     _finish(result, tar_path, key, members, num_classes, channels, decode)
                     members = {}
                 key = k
-                data = tar.extractfile(member).read()
+                extracted = tar.extractfile(member)
+                assert extracted is not None  # a regular file (checked above) always extracts
+                data = extracted.read()
                 if len(data) != member.size:
                     raise tarfile.ReadError(f"member data ends after {len(data)} of {member.size} bytes")
                 members[ext] = data

@@ -9,6 +9,7 @@ order is the plan's order whatever the number of workers.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -70,7 +71,8 @@ class _BatchDecoder(torch.utils.data.Dataset):
                 member = self.index.member(i)
                 image = decode_pil(data, t.channels, member)
                 try:
-                    params = t.params(*image.size, None if draws is None else draws[k])
+                    width, height = image.size
+                    params = t.params(width, height, None if draws is None else draws[k])
                 except ValueError as exc:
                     raise DataError(f"{member}: {exc}") from None
                 pixels = apply_pil(image, params, t)
@@ -105,13 +107,15 @@ class _Tasks:
     """The DataLoader's 'sampler': batch tasks computed lazily (an ImageNet
     epoch of draws would not fit comfortably in memory at once)."""
 
-    def __init__(self, plan: EpochPlan, start: int):
+    def __init__(self, plan: EpochPlan | None, start: int):
         self.plan, self.start = plan, start
 
     def __len__(self) -> int:
+        assert self.plan is not None  # set by WdsReader._batches before the loader reads it
         return max(0, self.plan.num_batches - self.start)
 
     def __iter__(self):
+        assert self.plan is not None  # set by WdsReader._batches before the loader reads it
         for batch in range(self.start, self.plan.num_batches):
             yield self.plan.indices(batch), self.plan.draws(batch)
 
@@ -127,6 +131,7 @@ class WdsReader(Reader):
 
     def _batches(self, plan: EpochPlan, start: int):
         self._tasks.plan, self._tasks.start = plan, start
+        loader: Iterable[tuple]
         if self.num_workers == 0:
             loader = (self._dataset[task] for task in self._tasks)
         else:

@@ -31,6 +31,8 @@ One process (world size 1): nothing to reduce, the plain `Updater` is used (trai
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -39,6 +41,8 @@ from torch.nn.parallel import DistributedDataParallel
 from bioscale.algorithms.config import OptimConfig
 from bioscale.algorithms.learner import Learner, StepOutput
 from bioscale.algorithms.optim import Updater
+
+log = logging.getLogger("bioscale.ddp")
 
 
 def sum_allreduce_hook(group, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -63,7 +67,12 @@ def phase_parameters(learner: Learner, phase: str) -> list[nn.Parameter]:
 
 
 def wrap_phase(
-    learner: Learner, phase: str, device: torch.device | None = None, group=None, bucket_cap_mb: float = 25.0
+    learner: Learner,
+    phase: str,
+    device: torch.device | None = None,
+    group=None,
+    bucket_cap_mb: float = 25.0,
+    find_unused_parameters: bool = False,
 ) -> DistributedDataParallel:
     """A DDP wrapper of `learner` that reduces only `phase`'s parameters, with SUM.
     A collective: every rank must call it (DDP broadcasts rank 0's tracked tensors)."""
@@ -73,7 +82,7 @@ def wrap_phase(
     # (`DistributedDataParallel._set_params_and_buffers_to_ignore_for_model` sets it and
     # also marks the tensors `_ddp_ignored`, which would leak into the next wrapper's
     # construction; only mixed-precision DDP reads that mark).
-    setattr(learner, "_ddp_params_and_buffers_to_ignore", ignore)
+    learner.__dict__["_ddp_params_and_buffers_to_ignore"] = ignore
     try:
         ddp = DistributedDataParallel(
             learner,
@@ -84,9 +93,10 @@ def wrap_phase(
             # every rank (same seed; DDP's constructor broadcasts them once anyway): no
             # broadcast before every forward.
             forward_sync_buffers=False,
+            find_unused_parameters=find_unused_parameters,
         )
     finally:
-        delattr(learner, "_ddp_params_and_buffers_to_ignore")
+        del learner.__dict__["_ddp_params_and_buffers_to_ignore"]
     ddp.register_comm_hook(group, sum_allreduce_hook)
     return ddp
 
@@ -96,13 +106,34 @@ class DDPUpdater(Updater):
     and backward run through DDP: gradients are summed over ranks during the backward."""
 
     def __init__(
-        self, learner: Learner, cfg: OptimConfig, device: torch.device | None = None, group=None, bucket_cap_mb=25.0
+        self,
+        learner: Learner,
+        cfg: OptimConfig,
+        device: torch.device | None = None,
+        group=None,
+        bucket_cap_mb: float = 25.0,
+        per_phase: bool = True,
     ):
+        """`per_phase=False` (for comparison, `bioscale bench ddp`): the alternating schedule
+        gets one wrapper over θ and λ with `find_unused_parameters=True` instead."""
         super().__init__(learner, cfg)
-        phases = ("inverse", "forward") if learner.rule.schedule == "alternating" else ("both",)
+        alternating = learner.rule.schedule == "alternating"
         # Built up front on every rank (a collective), before any checkpoint is loaded:
-        # loading copies into the same parameter tensors DDP holds.
-        self.wrappers = {phase: wrap_phase(learner, phase, device, group, bucket_cap_mb) for phase in phases}
+        # loading copies into the same parameter tensors DDP holds. Two wrappers must never
+        # track the same parameter (measured: both reducers then write its .grad, silently wrong).
+        if alternating and not per_phase:
+            both = wrap_phase(learner, "both", device, group, bucket_cap_mb, find_unused_parameters=True)
+            self.wrappers = {"inverse": both, "forward": both}
+        else:
+            phases = ("inverse", "forward") if alternating else ("both",)
+            self.wrappers = {phase: wrap_phase(learner, phase, device, group, bucket_cap_mb) for phase in phases}
+        if dist.get_rank(group) == 0:
+            log.info(
+                "DistributedDataParallel over %d ranks: SUM all-reduce hook, %g MB buckets, wrappers for phases %s",
+                dist.get_world_size(group),
+                bucket_cap_mb,
+                ", ".join(sorted(self.wrappers)),
+            )
 
     def step(
         self, x: torch.Tensor, y: torch.Tensor, phase: str = "both", noise: dict[int, torch.Tensor] | None = None

@@ -103,7 +103,10 @@ class TrainConfig:
 @dataclass
 class DistributedConfig:
     backend: str = "none"
-    """none (one process, or plain all-reduce of gradients) | ddp | deepspeed."""
+    """none: one process, or on many the gradients SUM-all-reduced after backward |
+    ddp: torch DistributedDataParallel (bucketed SUM all-reduce overlapped with the
+    backward; one wrapper per phase of the alternating schedule; plain on one process) |
+    deepspeed: DeepSpeed ZeRO (zero_stage)."""
     zero_stage: int = 0
     """DeepSpeed ZeRO stage 0-3 (3 shards the LC weights); only with backend deepspeed."""
     precision: str = "fp32"

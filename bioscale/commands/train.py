@@ -71,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _fit(cfg, init_from: str | None) -> dict:
     from bioscale.training.divergence import DivergenceError
-    from bioscale.training.trainer import Trainer
+    from bioscale.training.entry import train_run
 
     try:
-        return Trainer(cfg, init_from=init_from).fit()
+        return train_run(cfg, init_from=init_from)
     except DivergenceError as exc:
         raise DivergenceError(f"{exc}; the last good checkpoint in {cfg.out}/checkpoints is kept") from exc

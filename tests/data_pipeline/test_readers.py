@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from bioscale.data_pipeline import build_reader, open_split
+from bioscale.data_pipeline.names import READER_KINDS
 
 from .dp_helpers import decode_ids
 
-KINDS = ("wds", "dali")
+KINDS = READER_KINDS
 
 
 def collect(reader):

@@ -10,9 +10,11 @@ import json
 import pytest
 
 from bioscale.cli import main
+from bioscale.cluster.launcher import job_records
 from bioscale.experiments import Budget, get_table, reproduce
 from bioscale.experiments.report import CSV_COLUMNS, collect, write_markdown
-from bioscale.experiments.runner import WALL_FILE, plan
+from bioscale.experiments.runner import plan
+from bioscale.training.run_records import WALL_FILE, mark_diverged
 from tests.datasets import prepare_small_fashion
 from tests.experiments.standins import prepare_fake_cifar, prepare_fake_imagenet
 
@@ -134,8 +136,7 @@ def test_report_aggregates_seeds_and_marks_failures(tmp_path):
         }
         (run.run_dir / "result.json").write_text(json.dumps(result))
     for dfa in (r for r in runs if r.row.rule == "dfa"):
-        dfa.run_dir.mkdir(parents=True)
-        (dfa.run_dir / WALL_FILE).write_text(json.dumps({"wall_s": 1.0, "attempts": 1, "status": "diverged: NaN"}))
+        mark_diverged(dfa.run_dir, "diverged at step 3: task loss is nan")
     results = {r.row.rule: r for r in collect(table, runs)}
     assert results["bp"].mean("test_top1_err") == pytest.approx(0.12)
     assert results["bp"].std("test_top1_err") == pytest.approx(0.0283, abs=1e-4)
@@ -174,49 +175,32 @@ def test_cli_list_one_row_and_missing_data(fashion, tmp_path, capsys):
     assert "Command: `bioscale reproduce fashion-mnist --budget small" in (tmp_path / "f/results.md").read_text()
 
 
-def test_slurm_launcher_submits_each_pending_run_then_waits(fashion, tmp_path, monkeypatch):
-    """The CLI's SLURM glue against a stand-in for cluster/ (API: build_config, launch,
-    active_job, wait_for, load_profile); the jobs 'run' by writing nothing, so the rows
-    are reported missing and the command says so."""
-    import sys
-    import types
+def test_a_diverged_row_is_finished_and_not_resubmitted(fashion, tmp_path):
+    """Under the local executor (the SLURM twin is tests/cluster/test_reproduce_slurm.py)."""
+    nan = ["optim.forward.lr=1e37", "optim.inverse.lr=1e37"]
+    first = reproduce("fashion-mnist", TINY, data=fashion, out=tmp_path, rows=["fc_sdtp"], overrides=nan, figures=False)
+    assert [r.status for r in first.results] == ["diverged"]
+    run_dir = tmp_path / "runs/fashion_mnist/fc_sdtp/seed0"
+    assert "diverged at step" in json.loads((run_dir / "diverged.json").read_text())["message"]
+    assert [r["cluster"] for r in job_records(run_dir)] == ["local"]
+    again = reproduce("fashion-mnist", TINY, data=fashion, out=tmp_path, rows=["fc_sdtp"], overrides=nan, figures=False)
+    assert [r.status for r in again.results] == ["diverged"] and len(job_records(run_dir)) == 1
+    assert "diverged" in again.markdown.read_text()
 
-    calls = {"launched": [], "waited": None}
-    launcher = types.ModuleType("bioscale.cluster.launcher")
-    launcher.active_job = lambda run_dir: "41" if run_dir.parent.name == "fc_fa" else None
-    launcher.build_config = lambda path, overrides, data, run_dir: (path, run_dir)
-    launcher.launch = lambda cfg, profile: (
-        calls["launched"].append((cfg, profile)),
-        types.SimpleNamespace(job_id=str(len(calls["launched"]))),
-    )[1]
-    launcher.wait_for = lambda ids: (
-        calls.__setitem__("waited", list(ids)),
-        {i: types.SimpleNamespace(state="COMPLETED") for i in ids},
-    )[1]
-    profile = types.ModuleType("bioscale.cluster.profile")
-    profile.load_profile = lambda name: f"profile:{name}"
-    monkeypatch.setitem(sys.modules, "bioscale.cluster.launcher", launcher)
-    monkeypatch.setitem(sys.modules, "bioscale.cluster.profile", profile)
+
+def test_rows_run_in_parallel_in_the_local_pool(fashion, tmp_path, capsys):
     rc = main(
-        [
-            "reproduce",
-            "fashion-mnist",
-            "--data",
-            str(fashion),
-            "--out",
-            str(tmp_path),
-            "--rows",
-            "fc_bp",
-            "--rows",
-            "fc_fa",
-            "--launcher",
-            "slurm",
-            "--profile",
-            "big",
-            "--no-figures",
-        ]
-    )
-    assert rc == 1  # nothing finished: the rows are reported missing
-    assert [(p.endswith("fc_bp.yaml"), prof) for (p, _), prof in calls["launched"]] == [(True, "profile:big")]
-    assert calls["waited"] == ["41", "1"]  # the still-active job of an earlier call is waited for, not resubmitted
-    assert "missing" in (tmp_path / "results.md").read_text()
+        ["reproduce", "fashion-mnist", "--data", str(fashion), "--out", str(tmp_path), "--rows", "fc_bp",
+         "--rows", "fc_fa", "--max-parallel", "2", "--no-figures", "--set", "train.epochs=1",
+         "--set", "train.max_steps_per_epoch=2", "--set", "data.num_workers=0"]
+    )  # fmt: skip
+    assert rc == 0
+    runs = [tmp_path / "runs/fashion_mnist" / row / "seed0" for row in ("fc_bp", "fc_fa")]
+    pids = set()
+    for run_dir in runs:
+        (record,) = job_records(run_dir)
+        state = json.loads((tmp_path / "logs" / f"{record['job_id']}.state.json").read_text())
+        assert state["state"] == "COMPLETED" and state["exit_code"] == "0:0"
+        pids.add(state["pid"])
+    assert len(pids) == 2  # one fresh process per run
+    assert "local pool (2 process(es)" in (tmp_path / "results.md").read_text()

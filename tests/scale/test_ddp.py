@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bioscale.distributed.pipeline_launch import run_ranks
-from bioscale.distributed.ddp_engine import DDPUpdater
 from bioscale.algorithms import RULES
+from bioscale.distributed.ddp_engine import DDPUpdater
+from bioscale.distributed.pipeline_launch import run_ranks
 from tests.scale.ddp_workers import TP, ddp_jobs, make_learner, reference
 from tests.scale.workers import OPTIM
 
-STEPS, BATCH = 4, 16  # global batch; 8 per rank
+STEPS, BATCH = 3, 16  # global batch, 8 per rank; alternating: inverse, forward, inverse
 JOBS = [(rule, "parallel") for rule in sorted(RULES)] + [(rule, "alternating") for rule in TP]
 
 
@@ -39,9 +39,8 @@ def test_two_ddp_ranks_equal_one_process_with_the_global_batch(ranks, job):
             if g is None:
                 assert got["grads"][name] is None, f"{rule}/{schedule}: {name} got a gradient"
             else:
-                assert torch.allclose(got["grads"][name], g, rtol=1e-10, atol=1e-12), (
-                    f"{rule}/{schedule}: {name}: max diff {(got['grads'][name] - g).abs().max():.2e}"
-                )
+                diff = (got["grads"][name] - g).abs().max().item()  # summation order only
+                assert diff <= 1e-10 * g.abs().max().item(), f"{rule}/{schedule}: {name}: max diff {diff:.2e}"
     # each rank's loss is its half of the batch's summed loss
     total = [a + b for a, b in zip(ranks[0][job]["loss"], ranks[1][job]["loss"])]
     assert total == pytest.approx(ref["loss"], rel=1e-10)
@@ -49,15 +48,16 @@ def test_two_ddp_ranks_equal_one_process_with_the_global_batch(ranks, job):
 
 
 def test_alternating_really_leaves_one_side_without_gradients(ranks):
-    """The reference's last step is a forward-phase step: the inverse weights have no
-    gradient and the forward weights do, so the phase wrapper had unused parameters to hide."""
+    """The last step (STEPS odd) is an inverse-phase step: the forward weights got no
+    gradient and the inverse weights did, so the phase wrapper had unused parameters to hide."""
     job = JOBS.index(("sdtp", "alternating"))
     learner = make_learner("sdtp", "alternating")
     inverse = {id(p) for p in learner.inverse_parameters()}
     names = {n: id(p) in inverse for n, p in learner.named_parameters()}
     grads = ranks[0][job]["grads"]
-    assert all(grads[n] is None for n, inv in names.items() if inv)
-    assert all(grads[n] is not None for n, inv in names.items() if not inv)
+    assert STEPS % 2 == 1
+    assert all(grads[n] is not None for n, inv in names.items() if inv)
+    assert all(grads[n] is None for n, inv in names.items() if not inv)
 
 
 def test_ddp_updater_refuses_a_phase_it_has_no_wrapper_for():
