@@ -9,6 +9,12 @@
 
 Names are imported lazily so that `bioscale prepare` does not pay for torch
 or DALI. This package imports nothing from the rest of bioscale.
+
+Shard preparation is `from bioscale.data_pipeline.prepare import prepare`: it is not
+exported here, because a lazy name equal to a submodule's name is shadowed by that
+submodule (importing `bioscale.data_pipeline.prepare` binds the package attribute
+`prepare` to the module, and `__getattr__` only runs for missing attributes). No name
+in `_EXPORTS` may be the name of a submodule.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ _EXPORTS = {
     "READERS": "names",
     "READER_KINDS": "names",
     "DATASETS": "names",
-    "prepare": "prepare",
     "verify_split": "verify",
 }
 

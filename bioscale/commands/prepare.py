@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bioscale.data_pipeline import prepare
+    from bioscale.data_pipeline.prepare import prepare
 
     # a DataError (a missing --src, an undecodable file, a bad option) becomes one line
     # naming the file, exit 1, in bioscale.cli.main

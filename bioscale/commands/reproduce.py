@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        from bioscale.data_pipeline import prepare
+        from bioscale.data_pipeline.prepare import prepare
 
         prepare("fashion-mnist", data, workers=min(2, os.cpu_count() or 1), progress=False)
     from bioscale.cluster.executors import make_executor

@@ -30,7 +30,7 @@ def idcoded_src(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def idcoded_shards(idcoded_src, tmp_path_factory) -> Path:
-    from bioscale.data_pipeline import prepare
+    from bioscale.data_pipeline.prepare import prepare
 
     out = tmp_path_factory.mktemp("idcoded_shards")
     prepare("mnist", out, idcoded_src, shard_size=16, val_size=20, seed=3)
@@ -46,7 +46,7 @@ def imagenet_src(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def imagenet_shards(imagenet_src, tmp_path_factory) -> Path:
-    from bioscale.data_pipeline import prepare
+    from bioscale.data_pipeline.prepare import prepare
 
     out = tmp_path_factory.mktemp("imagenet_shards")
     prepare("imagenet", out, imagenet_src, shard_size=4, val_size=5, seed=0)
@@ -81,7 +81,7 @@ def cifar_src(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cifar_shards(cifar_src, tmp_path_factory) -> Path:
-    from bioscale.data_pipeline import prepare
+    from bioscale.data_pipeline.prepare import prepare
 
     out = tmp_path_factory.mktemp("cifar_shards")
     prepare("cifar10", out, cifar_src, val_size=5, shard_size=8)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bioscale.data_pipeline import DataError, open_split, prepare
-from bioscale.data_pipeline.prepare import held_out
+from bioscale.data_pipeline import DataError, open_split
+from bioscale.data_pipeline.prepare import held_out, prepare
 from bioscale.data_pipeline.shardfile import file_sha256
 
 from .dp_helpers import WNIDS, build_imagenet, encode, natural_image

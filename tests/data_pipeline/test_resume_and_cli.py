@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bioscale.cli import main
-from bioscale.data_pipeline import prepare
+from bioscale.data_pipeline.prepare import prepare
 
 from .dp_helpers import encode, natural_image
 from .test_prepare import same_tree
