@@ -1,9 +1,10 @@
 """Data parallelism without a wrapper: after backward, sum every gradient over ranks.
 
-Why not `DistributedDataParallel`: the alternating schedule leaves the forward or the
-inverse weights without gradients for a whole epoch, and the boundary Functions of
-target propagation compute signals inside the backward; an explicit all-reduce after
-backward is exact and has no unused-parameter bookkeeping. SUM (not mean) because
+`distributed.backend=none` on many ranks (and the pipeline's replica groups). The
+alternative, `distributed.backend=ddp`, is real `DistributedDataParallel`
+(`ddp_engine.py`: all-reduce overlapped with the backward, one wrapper per phase of the
+alternating schedule); both are exact. This one needs no unused-parameter bookkeeping:
+it reduces whatever gradients exist once the backward is done. SUM (not mean) because
 every loss here is summed over the batch: with SUM, R ranks × batch B give exactly
 the gradients of one process with batch R·B, for every rule."""
 
