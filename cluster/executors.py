@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from bioscale.cluster import slurm_jobs
 from bioscale.cluster.profile import ClusterProfile
@@ -221,7 +221,8 @@ class LocalExecutor(Executor):
         atomic_write_text(self._state_path(job_id), json.dumps(record) + "\n")
 
 
-def _alive(pid: Any) -> bool:
+def _alive(pid: Any) -> TypeGuard[int]:
+    """True if `pid` is an int naming a live (not zombie) process."""
     if not isinstance(pid, int):
         return False
     try:

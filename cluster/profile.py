@@ -159,7 +159,11 @@ def load_profile(name: str | None = None, **overrides: Any) -> ClusterProfile:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ProfileError(f"{path}: unknown profile key {key!r}{hint}; known: {', '.join(sorted(known))}")
-    hints = {f.name: f.type for f in dataclasses.fields(ClusterProfile)}
+    hints: dict[str, str] = {}
+    for f in dataclasses.fields(ClusterProfile):
+        # `from __future__ import annotations`: every field's type is its annotation string
+        assert isinstance(f.type, str), (f.name, f.type)
+        hints[f.name] = f.type
     for key, value in data.items():
         _check_type(path, key, value, hints[key])
     profile = ClusterProfile(**data, source=str(path))
@@ -179,5 +183,7 @@ def _check_type(path: Path, key: str, value: Any, annotation: str) -> None:
     }[annotation]
     if isinstance(value, bool) or not isinstance(value, expected):
         raise ProfileError(f"{path}: {key}: expected {annotation}, got {type(value).__name__} {value!r}")
-    if annotation == "list[str]" and not all(isinstance(v, str) for v in value):
-        raise ProfileError(f"{path}: {key}: expected a list of shell lines (strings)")
+    if annotation == "list[str]":
+        assert isinstance(value, list)  # checked against (list,) above
+        if not all(isinstance(v, str) for v in value):
+            raise ProfileError(f"{path}: {key}: expected a list of shell lines (strings)")

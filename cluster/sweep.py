@@ -96,7 +96,10 @@ class SweepSpec:
 
     @property
     def first_stage_epochs(self) -> int:
-        return self.prune_after_epochs if self.pruning else self.epochs
+        # `pruning` implies prune_after_epochs is set; the explicit check narrows the Optional
+        if self.pruning and self.prune_after_epochs is not None:
+            return self.prune_after_epochs
+        return self.epochs
 
 
 @dataclass
@@ -237,7 +240,8 @@ class Sweep:
             elif done < target and run_state(self.trial_dir(i), target) is RunState.DIVERGED:
                 st.state = "pruned" if pruned else "diverged"  # done: resuming would diverge again
                 st.divergence = divergence_message(self.trial_dir(i)) or ""
-            elif done >= target or record is None or record.get("epochs", 0) < target:
+            elif done >= target or record is None or job is None or record.get("epochs", 0) < target:
+                # (job is None exactly when record is: every job record names its job id)
                 st.state = "pruned" if pruned else "finished" if done >= target else "new"
             elif job.state == "UNKNOWN" and _age_s(record) < UNKNOWN_GRACE_S:
                 st.state = "pending"  # accounting has not seen the new job yet
@@ -322,7 +326,9 @@ class Sweep:
         winners = self.winners()
         if self.spec.pruning and winners is None:
             return False
-        return all(s.state in DONE for s in status if not self.spec.pruning or s.trial in winners)
+        return all(
+            s.state in DONE for s in status if not self.spec.pruning or (winners is not None and s.trial in winners)
+        )
 
 
 def _age_s(record: dict[str, Any]) -> float:
@@ -342,9 +348,10 @@ def _differences(stored: dict, now: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def error_sort_key(err: float) -> float:
-    """Sort key of an error: NaN (a diverged epoch) ranks last, like in model selection."""
-    return math.inf if math.isnan(err) else err
+def error_sort_key(err: float | None) -> float:
+    """Sort key of an error: NaN (a diverged epoch) ranks last, like in model selection;
+    so does None (no error recorded; the callers sort only trials that have one)."""
+    return math.inf if err is None or math.isnan(err) else err
 
 
 class SweepLock:

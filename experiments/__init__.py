@@ -63,7 +63,7 @@ def reproduce(
     if figures:
         from bioscale.experiments import figures as figs
 
-        first = {}
+        first: dict[str, Path] = {}
         for run in runs:
             first.setdefault(run.row.key, run.run_dir)
         pictures = figs.all_figures(table, results, out / "figures", first)

@@ -146,10 +146,11 @@ def bars(table: Table, results: Sequence[RowResult], path: str | Path) -> Path:
         xs, test, err, train = [], [], [], []
         for i, method in enumerate(methods):
             match = [r for r in results if r.row.method == method and column(r.row.arch) == col and r.runs]
-            if match and match[0].mean("test_top1_err") is not None:
-                res = match[0]
+            res = match[0] if match else None
+            test_err = res.mean("test_top1_err") if res is not None else None
+            if res is not None and test_err is not None:
                 xs.append(i + (j - (len(cols) - 1) / 2) * width)
-                test.append(100 * res.mean("test_top1_err"))
+                test.append(100 * test_err)
                 err.append(100 * (res.std("test_top1_err") or 0.0))
                 train.append(100 * (res.mean("train_top1_err") or float("nan")))
         ax.bar(xs, test, width, yerr=err, capsize=2, label=f"{table.arch_titles.get(col, col)} test")

@@ -147,9 +147,9 @@ def write_csv(table: Table, results: Sequence[RowResult], path: str | Path) -> P
                     **{k: _num(res.hparams.get(k)) for k in ("forward_lr", "inverse_lr", "sigma", "alpha")},
                     "wall_s": _num(sum(walls) if walls else None),
                     "paper_source": paper.source if paper else "",
-                    "paper_train_top1_err": _num(_frac(paper and paper.train)),
-                    "paper_test_top1_err": _num(_frac(paper and paper.test)),
-                    "paper_test_top5_err": _num(_frac(paper and paper.test_top5)),
+                    "paper_train_top1_err": _num(_frac(paper.train if paper else None)),
+                    "paper_test_top1_err": _num(_frac(paper.test if paper else None)),
+                    "paper_test_top5_err": _num(_frac(paper.test_top5 if paper else None)),
                 }
             )
     return path

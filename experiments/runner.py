@@ -83,7 +83,7 @@ def with_existing_seeds(runs: Sequence[PlannedRun]) -> list[PlannedRun]:
     `--seeds N --rows ...` call), so that the full table's report includes them."""
     out = list(runs)
     planned = {(run.row.key, run.seed) for run in runs}
-    firsts = {}
+    firsts: dict[str, PlannedRun] = {}
     for run in runs:
         firsts.setdefault(run.row.key, run)
     for key, run in firsts.items():
@@ -164,13 +164,13 @@ def execute(
     unfinished = [run for run, cfg in pending if not is_finished(run, cfg)]
     for run in unfinished:
         records = launcher.job_records(run.run_dir, executor.cluster)
-        job_id = records[-1]["job_id"] if records else None
-        state = states.get(job_id) if job_id else None
-        tail = executor.log_tail(job_id, lines=3) if job_id else ""
+        last_job: str | None = records[-1]["job_id"] if records else None
+        state = states.get(last_job) if last_job else None
+        tail = executor.log_tail(last_job, lines=3) if last_job else ""
         log.warning(
             "%s: job %s ended %s (exit %s) before its last epoch; re-run to resume it\n%s",
             run.label,
-            job_id,
+            last_job,
             state.state if state else "?",
             state.exit_code if state else "?",
             tail,

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from bioscale.data_pipeline import DataError, build_reader, open_split
-from bioscale.data_pipeline.prepare import prepare
 from bioscale.data_pipeline.names import READER_KINDS
+from bioscale.data_pipeline.prepare import prepare
 from bioscale.data_pipeline.shardfile import file_sha256, write_index, write_tar
 from bioscale.data_pipeline.verify import verify_split
 
