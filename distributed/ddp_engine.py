@@ -6,7 +6,7 @@ What DDP adds over the plain backend's all-reduce after backward
 autograd produces them, last block first) and each bucket's all-reduce starts while the
 backward of the blocks below is still running.
 
-Three facts this relies on (tested on 2 gloo ranks, `tests/distributed/test_ddp.py`):
+Three facts this relies on (tested on 2 gloo ranks, `tests/scale/test_ddp.py`, `tests/training/test_ddp_backend.py`):
 
 - SUM, not mean. Every loss is summed over the batch, so R ranks × batch B must give the
   gradients of one process with batch R·B. DDP's built-in reduction divides by the world
