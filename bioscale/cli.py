@@ -77,6 +77,14 @@ def report_error(command: str, exc: BaseException, *, debug: bool = False, prefi
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `bioscale ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141  # 128 + SIGPIPE, what a shell reports
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("BIOSCALE_DEBUG", "") not in ("", "0")
     while argv and argv[0] == "--debug":

@@ -39,9 +39,10 @@ from bioscale.cluster.profile import ClusterProfile
 from bioscale.cluster.slurm_jobs import LOST, JobState
 from bioscale.cluster.training_job import TrainingJob, run_in_process
 from bioscale.data_pipeline.atomic_files import atomic_write_text
+from bioscale.data_pipeline.errors import UserError
 
 
-class SubmissionError(RuntimeError):
+class SubmissionError(UserError, RuntimeError):
     """The executor refused the job (SLURM's own words, or no SLURM here)."""
 
 

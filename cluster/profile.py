@@ -19,12 +19,16 @@ from typing import Any
 
 import yaml
 
+from bioscale.data_pipeline.errors import UserError
+
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULT_PROFILE = "local"
 
 
-class ProfileError(ValueError):
+class ProfileError(UserError, ValueError):
     """A missing or malformed cluster profile; the message names the file and key."""
+
+    exit_code = 2
 
 
 @dataclass

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bioscale.data_pipeline.errors import UserError
+
 LOST = "LOST"
 """Not SLURM's: a job of the local pool whose owner process ended before the job did."""
 # States after which the job will not run again by itself.
@@ -47,7 +49,7 @@ class JobState:
         return self.state in FAILED
 
 
-class SlurmError(RuntimeError):
+class SlurmError(UserError, RuntimeError):
     """A SLURM command failed; the message holds its own error text."""
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import submitit
 
+from bioscale.data_pipeline.errors import UserError
+
 log = logging.getLogger("bioscale.cluster")
 
 
@@ -42,15 +44,14 @@ class TrainingJob(submitit.helpers.Checkpointable):
         if job_env.cluster != "slurm" and job_env.num_tasks > 1:
             _export_local_rendezvous(job_env)
         _limit_threads()
-        from bioscale.training.config import ConfigError
-        from bioscale.training.divergence import DivergenceError
-
         try:
             return _train(self.config, self.label, str(job_env.job_id))
-        except (ConfigError, DivergenceError) as exc:
-            log.error("%s: %s", self.label, exc)
+        except UserError as exc:
+            # the exit codes of `bioscale train` (2 config, 3 divergence, 1 data...), so that
+            # sacct and `bioscale sweep status` tell a diverged trial from a crash
+            log.error("%s: %s: %s", self.label, type(exc).__name__, exc)
             logging.shutdown()
-            sys.exit(exit_code(exc))
+            sys.exit(exc.exit_code)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # No weights here (see the module docstring): resubmit the same callable;
@@ -106,14 +107,6 @@ def _limit_threads() -> None:
         torch.set_num_threads(int(cpus))
 
 
-def exit_code(exc: BaseException) -> int:
-    """The exit codes of `bioscale train` (2 config, 3 divergence), so that sacct and
-    `bioscale sweep status` tell a diverged trial from a crash (1)."""
-    from bioscale.training.config import ConfigError
-
-    return 2 if isinstance(exc, ConfigError) else 3
-
-
 def _train(config: dict[str, Any], label: str, job_id: str) -> dict[str, Any]:
     from bioscale.distributed import read_environment, shutdown
     from bioscale.training.config import ExperimentConfig
@@ -148,13 +141,10 @@ def run_in_process(config: dict[str, Any], label: str, threads: int) -> int:
     its future reports the code."""
     import torch
 
-    from bioscale.training.config import ConfigError
-    from bioscale.training.divergence import DivergenceError
-
     torch.set_num_threads(threads)
     try:
         _train(config, label, f"pid {os.getpid()}")
-    except (ConfigError, DivergenceError) as exc:
-        log.error("%s: %s", label, exc)
-        return exit_code(exc)
+    except UserError as exc:
+        log.error("%s: %s: %s", label, type(exc).__name__, exc)
+        return exc.exit_code
     return 0

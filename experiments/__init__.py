@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bioscale.cluster.executors import Executor
 from bioscale.experiments.tables import TABLES, Budget, Row, Table, get_table
+from bioscale.training.config import ConfigError
 
 __all__ = ["TABLES", "Budget", "Row", "Table", "get_table", "reproduce", "Summary"]
 
@@ -52,7 +53,7 @@ def reproduce(
     elif budget in table.budgets:
         chosen = table.budgets[budget]
     else:
-        raise ValueError(f"table {table.name!r} has no budget {budget!r}; known: {', '.join(table.budgets)}")
+        raise ConfigError(f"table {table.name!r} has no budget {budget!r}; known: {', '.join(table.budgets)}")
     out = Path(out)
     t0 = time.perf_counter()
     runs = runner.run_table(table, chosen, data, out, seeds=seeds, rows=rows, overrides=overrides, executor=executor)

@@ -23,7 +23,7 @@ from bioscale.cluster.executors import Executor, LocalExecutor
 from bioscale.cluster.training_job import TrainingJob
 from bioscale.configs import CONFIG_DIR as CONFIGS
 from bioscale.experiments.tables import Budget, Row, Table
-from bioscale.training.config import ExperimentConfig, load_config
+from bioscale.training.config import ConfigError, ExperimentConfig, load_config
 from bioscale.training.preflight import check_experiment
 from bioscale.training.run_records import run_state
 
@@ -65,7 +65,7 @@ def plan(
         if not rows or any(fnmatch.fnmatch(r.key, p) or fnmatch.fnmatch(r.key.rsplit("/", 1)[-1], p) for p in rows)
     ]
     if not chosen:
-        raise ValueError(
+        raise ConfigError(
             f"no row of table {table.name!r} matches {list(rows)}; rows: {', '.join(r.key for r in table.rows)}"
         )
     data, out = Path(data).resolve(), Path(out).resolve()

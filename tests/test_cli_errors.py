@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ def _env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1"}
 
 
-def bioscale(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def bioscale(*args: Any, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "bioscale", *map(str, args)],
         capture_output=True,
@@ -71,9 +72,10 @@ def shards(tmp_path_factory):
 # ------------------------------------------------------------- one case per command
 
 
-def _cases(tmp: Path) -> dict[str, tuple[list[str], tuple[str, ...], int | None]]:
+def _cases(tmp: Path) -> dict[str, tuple[list[Any], tuple[str, ...], int | None]]:
     """id -> (argv, strings the line must name, exit status or None for 'non-zero')."""
     missing_yaml = "/no/such/config.yaml"
+    missing_profile = "/no/such/profile.yaml"
     return {
         "prepare-missing-src": (["prepare", "folder", "--src", MISSING, "--out", tmp / "p"], (MISSING,), 1),
         "prepare-no-src": (["prepare", "mnist", "--out", tmp / "p"], ("--src",), 1),
@@ -96,6 +98,18 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], tuple[str, ...], int | None]
             (missing_yaml,),
             2,
         ),
+        "launch-missing-profile": (
+            ["launch", "--profile", missing_profile, "--config", CONFIG, "--data", MISSING, "--out", tmp / "l"],
+            (missing_profile,),
+            2,
+        ),
+        "sweep-missing-profile": (
+            ["sweep", "--local", "--profile", missing_profile, "--out", tmp / "s"]
+            + ["--config", CONFIG, "--data", MISSING, "--trials", "2"],
+            (missing_profile,),
+            2,
+        ),
+        "sweep-status-missing": (["sweep", "status", "--out", MISSING], (MISSING,), 2),
         "reproduce-missing-data": (
             ["reproduce", "fashion-mnist", "--data", MISSING, "--out", tmp / "r"],
             (MISSING,),
@@ -115,6 +129,19 @@ def test_unusable_checkpoint_is_one_line(shards, tmp_path):
     weights = tmp_path / "no_such_weights.pt"
     proc = bioscale("train", "--data", shards, "--out", tmp_path / "run", "--init-from", weights, "data.num_workers=0")
     assert_one_line(proc, "train", str(weights), code=1, logs=True)
+
+
+@pytest.mark.parametrize(
+    "case, names",
+    [
+        (["--set", "optim.forward.nosuchkey=1"], ("optim.forward.nosuchkey",)),
+        (["--launcher", "slurm", "--profile", "/no/such/profile.yaml"], ("/no/such/profile.yaml",)),
+    ],
+    ids=["bad-key", "missing-profile"],
+)
+def test_reproduce_error_on_real_data_is_one_line(shards, tmp_path, case, names):
+    proc = bioscale("reproduce", "fashion-mnist", "--data", shards, "--out", tmp_path / "r", "--rows", "*fc_bp", *case)
+    assert_one_line(proc, "reproduce", *names, code=2)
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
@@ -177,6 +204,10 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None
         time.sleep(0.05)
 
 
+def _popen(argv: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(argv, cwd=ROOT, env=_env(), text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
 def _interrupt(proc: subprocess.Popen) -> str:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -203,8 +234,7 @@ def test_interrupted_run_is_one_line_and_resumes(shards, tmp_path):
         "train.angle_every_steps=0",
         "train.checkpoint_every_steps=3",
     ]
-    opts = dict(cwd=ROOT, env=_env(), text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    proc = subprocess.Popen(argv, **opts)
+    proc = _popen(argv)
     try:
         _wait_for(lambda: any((out / "checkpoints").glob("step_*.pt")), proc)
         err = _interrupt(proc)
@@ -218,7 +248,7 @@ def test_interrupted_run_is_one_line_and_resumes(shards, tmp_path):
     assert any((out / "checkpoints").glob("step_*.pt"))
 
     # the same command resumes from the checkpoint (then is interrupted again, as cleanly)
-    proc = subprocess.Popen(argv, **opts)
+    proc = _popen(argv)
     seen: list[str] = []
     try:
         assert proc.stderr is not None

@@ -14,7 +14,6 @@ import logging
 import os
 import platform
 import shlex
-import sys
 from pathlib import Path
 
 
@@ -77,18 +76,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"{row.key:45s} {row.method:22s} {row.net:22s} configs/{row.config}")
         return 0
     if not args.out:
-        print("bioscale reproduce: --out DIR is required", file=sys.stderr)
-        return 2
+        raise ConfigError("--out DIR is required")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     data = Path(args.data) if args.data else Path("data") / table.dataset
     if not (data / "train" / "manifest.json").exists():
         if args.data or table.dataset != "fashion-mnist":
-            print(
-                f"bioscale reproduce: no prepared dataset at {data}; run `bioscale prepare {table.dataset} "
-                f"--src RAW --out {data}` first (or pass --data)",
-                file=sys.stderr,
+            raise ConfigError(
+                f"no prepared dataset at {data}; run `bioscale prepare {table.dataset} "
+                f"--src RAW --out {data}` first (or pass --data)"
             )
-            return 2
         from bioscale.data_pipeline.prepare import prepare
 
         prepare("fashion-mnist", data, workers=min(2, os.cpu_count() or 1), progress=False)
@@ -119,9 +115,6 @@ def run(args: argparse.Namespace) -> int:
             figures=not args.no_figures,
             context=context,
         )
-    except (ConfigError, ValueError) as exc:
-        print(f"bioscale reproduce: {exc}", file=sys.stderr)
-        return 2
     finally:
         executor.shutdown()
     print(f"wrote {summary.markdown} and {summary.csv} ({len(summary.figures)} figures) in {summary.wall_s:.0f} s")
