@@ -12,12 +12,15 @@ A sweep directory holds:
   logs/             submitit's `%A_%a` logs of the arrays
   report.csv/.md    written by `bioscale sweep status|report`
 
-Stages: every trial trains `prune_after_epochs` epochs (one array, at most
-`max_parallel` at a time); when all have ended, trials are ranked by the
-validation error in their result.json, the best `keep` continue to `epochs`
-in their own run directories — the trainer resumes them from their epoch-end
-checkpoint, nothing restarts — and the rest are pruned (any job of theirs
-still queued is cancelled). Without pruning, one stage to `epochs`.
+Stages (successive halving): every trial trains `prune_after_epochs[0]` epochs
+(one array, at most `max_parallel` at a time); when all have ended, trials are
+ranked by the validation error in their result.json, the best `keep[0]`
+continue to the next stage's end in their own run directories — the trainer
+resumes them from their epoch-end checkpoint, nothing restarts — and the rest
+are pruned (any job of theirs still queued is cancelled); and so on, the last
+stage ending at `epochs`. One pruning point is the paper's ImageNet protocol;
+[3, 10] with keep [4, 1] is the Fashion-MNIST table's. Without pruning, one
+stage to `epochs`.
 
 Everything is recomputed from the run directories and SLURM, so re-running
 the command continues where it stopped and submits nothing for trials that
@@ -69,8 +72,10 @@ class SweepSpec:
     trials: int
     seed: int
     epochs: int
-    prune_after_epochs: int | None = None
-    keep: int = 1
+    prune_after_epochs: int | list[int] | None = None
+    """End of each pruning stage (successive halving: e.g. [3, 10]); the last stage ends at `epochs`."""
+    keep: int | list[int] = 1
+    """Trials that continue after each pruning stage (one per entry of prune_after_epochs)."""
     name: str = "sweep"
     base_config: dict[str, Any] = field(default_factory=dict)
     """The merged config (file + overrides) at creation: every trial and stage
@@ -82,24 +87,31 @@ class SweepSpec:
             raise ConfigError(f"--trials must be >= 1, got {self.trials}")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.prune_after_epochs is not None:
-            if not 1 <= self.prune_after_epochs < self.epochs:
+        after, keeps = _as_list(self.prune_after_epochs), _as_list(self.keep)
+        if after:
+            if len(keeps) != len(after):
+                raise ConfigError(f"--keep needs one value per --prune-after-epochs stage ({after}), got {keeps}")
+            if after != sorted(set(after)) or not 1 <= after[0] or after[-1] >= self.epochs:
                 raise ConfigError(
-                    f"--prune-after-epochs must be in [1, epochs={self.epochs}), got {self.prune_after_epochs}"
+                    f"--prune-after-epochs must increase within [1, epochs={self.epochs}), "
+                    f"got {self.prune_after_epochs}"
                 )
-            if not 1 <= self.keep:
-                raise ConfigError(f"--keep must be >= 1, got {self.keep}")
+            if keeps != sorted(keeps, reverse=True) or keeps[-1] < 1:
+                raise ConfigError(f"--keep must be >= 1 and not grow from stage to stage, got {self.keep}")
 
     @property
     def pruning(self) -> bool:
-        return self.prune_after_epochs is not None and self.keep < self.trials
+        return bool(_as_list(self.prune_after_epochs)) and _as_list(self.keep)[0] < self.trials
 
     @property
-    def first_stage_epochs(self) -> int:
-        # `pruning` implies prune_after_epochs is set; the explicit check narrows the Optional
-        if self.pruning and self.prune_after_epochs is not None:
-            return self.prune_after_epochs
-        return self.epochs
+    def stages(self) -> list[int]:
+        """The epochs each stage trains to; the last is `epochs` (one stage without pruning)."""
+        return [*_as_list(self.prune_after_epochs), self.epochs] if self.pruning else [self.epochs]
+
+    @property
+    def keeps(self) -> list[int]:
+        """How many trials continue after each stage but the last."""
+        return _as_list(self.keep) if self.pruning else []
 
 
 @dataclass
@@ -197,15 +209,25 @@ class Sweep:
         records = [r for i in range(self.spec.trials) for r in launcher.job_records(self.trial_dir(i))]
         return max(records, key=lambda r: r.get("submitted", ""))["cluster"] if records else None
 
-    def winners(self) -> list[int] | None:
-        """Trials that continue after pruning, once decided (None before)."""
+    def decisions(self) -> list[dict[str, Any]]:
+        """The pruning decisions taken so far, one per finished stage (final once taken)."""
         path = self.root / PRUNING_FILE
-        return json.loads(path.read_text())["keep"] if path.exists() else None
+        if not path.exists():
+            return []
+        stored = json.loads(path.read_text())
+        return stored.get("decisions", [stored])  # a one-stage sweep of an earlier version stored one
 
-    def target_epochs(self, i: int, winners: list[int] | None) -> int:
-        if not self.spec.pruning or (winners is not None and i in winners):
-            return self.spec.epochs
-        return self.spec.first_stage_epochs
+    def winners(self) -> list[int] | None:
+        """Trials still in the race after the latest pruning (None before any)."""
+        decisions = self.decisions()
+        return decisions[-1]["keep"] if decisions else None
+
+    def target_epochs(self, i: int, decisions: list[dict[str, Any]]) -> int:
+        """The end of the stage in which trial i was pruned, or of the current stage."""
+        for stage, decision in enumerate(decisions):
+            if i not in decision["keep"]:
+                return self.spec.stages[stage]
+        return self.spec.stages[len(decisions)]
 
     # ----------------------------------------------------------------- status
     @property
@@ -215,7 +237,8 @@ class Sweep:
         return self.executor
 
     def status(self, with_logs: bool = True) -> list[TrialStatus]:
-        winners = self.winners()
+        decisions = self.decisions()
+        winners = decisions[-1]["keep"] if decisions else None
         last_jobs = {}
         for i in range(self.spec.trials):
             records = launcher.job_records(self.trial_dir(i), self.jobs.cluster)
@@ -224,7 +247,7 @@ class Sweep:
         states = self.jobs.query(r["job_id"] for r in last_jobs.values())
         out = []
         for i in range(self.spec.trials):
-            target = self.target_epochs(i, winners)
+            target = self.target_epochs(i, decisions)
             result = read_json(self.trial_dir(i) / RESULT_FILE)
             done = int(result.get("epochs_completed", 0)) if result else 0
             st = TrialStatus(i, self.params(i), "new", target, done, result)
@@ -232,7 +255,7 @@ class Sweep:
             job = states[record["job_id"]] if record else None
             if job is not None:
                 st.job_id, st.slurm_state, st.exit_code = job.job_id, job.state, job.exit_code
-            pruned = self.spec.pruning and winners is not None and i not in winners
+            pruned = winners is not None and i not in winners
             if job is not None and job.active:
                 # result.json is written at every epoch end, before the job has
                 # exited: a trial is finished only once its job has ended too
@@ -256,18 +279,17 @@ class Sweep:
     def advance(self) -> list[str]:
         """Submit what is due now; returns the new job ids (none when nothing is)."""
         status = self.status(with_logs=False)
-        if self.spec.pruning and self.winners() is None:
-            if all(s.state in ENDED for s in status) and not self._retryable(status):
-                self._decide_pruning(status)
+        decided = len(self.decisions())
+        alive = [s for s in status if s.state != "pruned"]
+        if decided < len(self.spec.keeps):  # a pruning stage is running
+            if all(s.state in ENDED for s in alive) and not self._retryable(alive):
+                self._decide_pruning(alive, decided)
                 status = self.status(with_logs=False)
         due = [
             s
             for s in status
             if s.state == "new" or (s.state in RETRYABLE and (s.trial, s.target_epochs) not in self.attempted)
-        ]
-        winners = self.winners()
-        if self.spec.pruning and winners is not None:
-            due = [s for s in due if s.trial in winners]  # the decision is final: losers never run again
+        ]  # a pruned trial is never due again: the decisions are final
         if not due:
             return []
         return self._submit(due)
@@ -275,30 +297,33 @@ class Sweep:
     def _retryable(self, status: list[TrialStatus]) -> bool:
         return any(s.state in RETRYABLE and (s.trial, s.target_epochs) not in self.attempted for s in status)
 
-    def _decide_pruning(self, status: list[TrialStatus]) -> None:
+    def _decide_pruning(self, alive: list[TrialStatus], stage: int) -> None:
+        """Rank the trials that ended stage `stage` and keep the best `keeps[stage]`."""
         # a diverged trial ranks last whatever its earlier epochs scored: continuing it
         # would replay the same steps and diverge again
         ranked = sorted(
-            (s for s in status if s.state in ("finished", "diverged") and s.val_top1_err is not None),
+            (s for s in alive if s.state in DONE and s.val_top1_err is not None),
             key=lambda s: (s.state == "diverged", error_sort_key(s.val_top1_err), s.trial),
         )
-        keep = [s.trial for s in ranked[: self.spec.keep]]
-        pruned = [s.trial for s in status if s.trial not in keep]
+        keep = [s.trial for s in ranked[: self.spec.keeps[stage]]]
+        pruned = [s.trial for s in alive if s.trial not in keep]
         active = [
-            s.job_id for s in status if s.trial in pruned and s.job_id and s.state in ("pending", "running", "requeued")
+            s.job_id for s in alive if s.trial in pruned and s.job_id and s.state in ("pending", "running", "requeued")
         ]
         self.jobs.cancel(active)  # losers get no more compute
+        after = self.spec.stages[stage]
         decision = {
-            "after_epochs": self.spec.first_stage_epochs,
+            "after_epochs": after,
             "keep": keep,
             "pruned": pruned,
             "ranking": [{"trial": s.trial, "val_top1_err": s.val_top1_err} for s in ranked],
             "decided": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        atomic_write_text(self.root / PRUNING_FILE, json.dumps(decision, indent=1) + "\n")
-        log.info(
-            "pruning after %d epoch(s): continuing trials %s, pruned %s", self.spec.first_stage_epochs, keep, pruned
-        )
+        decisions = [*self.decisions(), decision]
+        # the latest decision's keys at the top level too: readers of one-stage sweeps look there
+        record = {**decision, "pruned": sorted({t for d in decisions for t in d["pruned"]}), "decisions": decisions}
+        atomic_write_text(self.root / PRUNING_FILE, json.dumps(record, indent=1) + "\n")
+        log.info("pruning after %d epoch(s): continuing trials %s, pruned %s", after, keep, pruned)
 
     def _submit(self, due: list[TrialStatus]) -> list[str]:
         jobs = [
@@ -323,12 +348,9 @@ class Sweep:
     def complete(self, status: list[TrialStatus]) -> bool:
         """Every trial that should reach `epochs` has (all of them without
         pruning; the kept ones once pruning is decided)."""
-        winners = self.winners()
-        if self.spec.pruning and winners is None:
+        if len(self.decisions()) < len(self.spec.keeps):
             return False
-        return all(
-            s.state in DONE for s in status if not self.spec.pruning or (winners is not None and s.trial in winners)
-        )
+        return all(s.state in DONE for s in status if s.state != "pruned")
 
 
 def _age_s(record: dict[str, Any]) -> float:
@@ -346,6 +368,10 @@ def _differences(stored: dict, now: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{key}: stored {a!r}, now {b!r}")
     return out
+
+
+def _as_list(value: int | list[int] | None) -> list[int]:
+    return [] if value is None else [value] if isinstance(value, int) else list(value)
 
 
 def error_sort_key(err: float | None) -> float:
@@ -407,11 +433,13 @@ def make_spec(
     trials: int,
     seed: int,
     epochs: int | None,
-    prune_after_epochs: int | None,
-    keep: int,
+    prune_after_epochs: int | list[int] | None,
+    keep: int | list[int],
     name: str | None,
 ) -> SweepSpec:
-    """A new sweep's spec from command-line values (paths made absolute)."""
+    """A new sweep's spec from command-line values (paths made absolute; a one-stage
+    pruning stored as plain numbers, as sweeps always stored it)."""
+    prune_after_epochs, keep = (v[0] if isinstance(v, list) and len(v) == 1 else v for v in (prune_after_epochs, keep))
     base = load_config(config, overrides)
     resolved_space = load_space(space, base.algorithm.rule)
     base_dict = base.to_dict()

@@ -41,6 +41,7 @@ def reproduce(
     executor: Executor | None = None,
     figures: bool = True,
     context: Sequence[str] = (),
+    poll_s: float = 10.0,
 ) -> Summary:
     """Run (or resume) every planned run of `table` at `budget`, then write OUT/results.csv,
     OUT/results.md and OUT/figures/*.png. `context`: lines put at the top of results.md
@@ -56,9 +57,28 @@ def reproduce(
         raise ConfigError(f"table {table.name!r} has no budget {budget!r}; known: {', '.join(table.budgets)}")
     out = Path(out)
     t0 = time.perf_counter()
-    runs = runner.run_table(table, chosen, data, out, seeds=seeds, rows=rows, overrides=overrides, executor=executor)
+    sections: list[str] = []
+    if chosen.search is not None:
+        from bioscale.cluster.executors import LocalExecutor
+        from bioscale.experiments import search
+
+        jobs = executor or LocalExecutor(out.resolve() / "logs")
+        data_dir, out_dir = Path(data).resolve(), out.resolve()
+        try:
+            searches = search.open_searches(
+                table, chosen, data_dir, out_dir, jobs, rows=rows, overrides=overrides, seeds=seeds
+            )
+            runs = search.run_searched(searches, data_dir, out_dir, jobs, poll_s=poll_s)
+        finally:
+            if executor is None:
+                jobs.shutdown()
+        sections.append(search.report_section(searches, out_dir))
+    else:
+        runs = runner.run_table(
+            table, chosen, data, out, seeds=seeds, rows=rows, overrides=overrides, executor=executor, poll_s=poll_s
+        )
+        runs = runner.with_existing_seeds(runs)
     wall = time.perf_counter() - t0
-    runs = runner.with_existing_seeds(runs)
     results = report.collect(table, runs)
     pictures = []
     if figures:
@@ -71,7 +91,9 @@ def reproduce(
     csv_path = report.write_csv(table, results, out / "results.csv")
     note = "; ".join(t for t in (chosen.note, _budget_text(chosen)) if t)
     context = [*context, f"Wall time of this invocation: {wall:.0f} s (runs finished earlier are skipped)."]
-    md = report.write_markdown(table, results, out / "results.md", budget_note=note, context=context, figures=pictures)
+    md = report.write_markdown(
+        table, results, out / "results.md", budget_note=note, context=context, figures=pictures, sections=sections
+    )
     return Summary(csv_path, md, pictures, results, wall)
 
 

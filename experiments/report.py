@@ -39,7 +39,7 @@ CSV_COLUMNS = (
     "test_top1_err_std",
     "test_top5_err",
     "test_top5_err_std",
-    "forward_lr",
+    "lr",
     "inverse_lr",
     "sigma",
     "alpha",
@@ -92,7 +92,7 @@ def collect(table: Table, runs: Sequence[PlannedRun]) -> list[RowResult]:
         cfg = run.load_config()
         res.hparams = {
             "epochs": cfg.train.epochs,
-            "forward_lr": cfg.optim.forward.lr,
+            "lr": cfg.optim.forward.lr,
             "inverse_lr": cfg.optim.inverse.lr if _is_tp(run.row) else None,
             "sigma": cfg.algorithm.sigma,
             "alpha": cfg.algorithm.alpha,
@@ -144,7 +144,7 @@ def write_csv(table: Table, results: Sequence[RowResult], path: str | Path) -> P
                         for k in ("train_top1_err", "val_top1_err", "test_top1_err", "test_top5_err")
                     },
                     **{f"{k}_std": _num(res.std(k)) for k in ("train_top1_err", "test_top1_err", "test_top5_err")},
-                    **{k: _num(res.hparams.get(k)) for k in ("forward_lr", "inverse_lr", "sigma", "alpha")},
+                    **{k: _num(res.hparams.get(k)) for k in ("lr", "inverse_lr", "sigma", "alpha")},
                     "wall_s": _num(sum(walls) if walls else None),
                     "paper_source": paper.source if paper else "",
                     "paper_train_top1_err": _num(_frac(paper.train if paper else None)),
@@ -248,7 +248,7 @@ def runs_table(results: Sequence[RowResult]) -> str:
         cells = [
             f"{res.row.arch} {res.row.method}",
             f"`configs/{res.row.config}`",
-            _g(h.get("forward_lr")),
+            _g(h.get("lr")),
             _g(h.get("inverse_lr")),
             _g(h.get("sigma")),
             _g(h.get("alpha")),
@@ -274,7 +274,9 @@ def write_markdown(
     budget_note: str = "",
     context: Sequence[str] = (),
     figures: Sequence[Path] = (),
+    sections: Sequence[str] = (),
 ) -> Path:
+    """`sections`: Markdown appended after the runs (e.g. each row's hyperparameter search)."""
     path = Path(path)
     parts = [f"# {table.title}", ""]
     parts += list(context) + ([""] if context else [])
@@ -296,5 +298,7 @@ def write_markdown(
     for fig in figures:
         rel = Path(fig).relative_to(path.parent) if Path(fig).is_relative_to(path.parent) else Path(fig)
         parts += [f"![{rel.stem}]({rel.as_posix()})", ""]
+    for section in sections:
+        parts += [section, ""]
     atomic_write_text(path, "\n".join(parts))
     return path

@@ -12,7 +12,6 @@ last checkpoint); a diverged run is never resubmitted."""
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from bioscale.cluster import launcher
 from bioscale.cluster.executors import Executor, LocalExecutor
 from bioscale.cluster.training_job import TrainingJob
 from bioscale.configs import CONFIG_DIR as CONFIGS
-from bioscale.experiments.tables import Budget, Row, Table
+from bioscale.experiments.tables import Budget, Row, Table, row_matches
 from bioscale.training.config import ConfigError, ExperimentConfig, load_config
 from bioscale.training.preflight import check_experiment
 from bioscale.training.run_records import run_state
@@ -58,24 +57,27 @@ def plan(
     configs: str | Path = CONFIGS,
 ) -> list[PlannedRun]:
     """One run per (row, seed). `rows`: glob patterns on row keys ('fashion_mnist/fc_*') or on
-    their last part ('fc_*'); empty = every row. `overrides` apply to every run, last."""
-    chosen = [
-        r
-        for r in table.rows
-        if not rows or any(fnmatch.fnmatch(r.key, p) or fnmatch.fnmatch(r.key.rsplit("/", 1)[-1], p) for p in rows)
-    ]
-    if not chosen:
-        raise ConfigError(
-            f"no row of table {table.name!r} matches {list(rows)}; rows: {', '.join(r.key for r in table.rows)}"
-        )
+    their last part ('fc_*'); empty = the budget's rows (every row unless it names some).
+    `overrides` apply to every run, last."""
+    chosen = choose_rows(table, budget, rows)
     data, out = Path(data).resolve(), Path(out).resolve()
     runs = []
     for row in chosen:
-        for seed in range(seeds or budget.seeds):
+        for seed in range(seeds or budget.seeds_for(row)):
             run_dir = out / "runs" / row.key / f"seed{seed}"
             ov = budget.row_overrides(row) + [f"seed={seed}", f"data.path={data}", f"out={run_dir}", *overrides]
             runs.append(PlannedRun(row, seed, Path(configs) / row.config, ov, run_dir))
     return runs
+
+
+def choose_rows(table: Table, budget: Budget, rows: Sequence[str] = ()) -> list[Row]:
+    patterns = list(rows) or list(budget.rows)
+    chosen = [r for r in table.rows if not patterns or any(row_matches(r, p) for p in patterns)]
+    if not chosen:
+        raise ConfigError(
+            f"no row of table {table.name!r} matches {patterns}; rows: {', '.join(r.key for r in table.rows)}"
+        )
+    return chosen
 
 
 def with_existing_seeds(runs: Sequence[PlannedRun]) -> list[PlannedRun]:

@@ -9,6 +9,7 @@ Paper numbers are error percentages as printed (ICLR text; NeurIPS via
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 
 # Display order of the methods, as in the papers' tables.
@@ -63,6 +64,22 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Search:
+    """A pruned random search per row before its final runs (the paper's protocol, as
+    successive halving): `trials` configurations sampled from `space` (`paper`: its Table 4
+    for the row's rule) train `prune_after_epochs[0]` epochs, the best `keep[0]` by validation
+    error continue to `prune_after_epochs[1]`, ... and the last one kept trains on to the
+    budget's epochs: it is the row's seed-0 run; the other seeds train that configuration."""
+
+    trials: int = 12
+    prune_after_epochs: tuple[int, ...] = (3, 10)
+    keep: tuple[int, ...] = (4, 1)
+    space: str = "paper"
+    seed: int = 0
+    """Sampling seed of the configurations."""
+
+
+@dataclass(frozen=True)
 class Budget:
     """How long each row trains. None keeps the config's value."""
 
@@ -74,15 +91,32 @@ class Budget:
     overrides: tuple[str, ...] = ()
     seeds: int = 1
     note: str = ""
+    search: Search | None = None
+    """Search each row's hyperparameters first (None: train the config's)."""
+    rows: tuple[str, ...] = ()
+    """Row patterns (as `--rows`) this budget runs by default; empty: every row."""
+    one_seed: tuple[str, ...] = ()
+    """Row patterns that get one seed only (cheap or secondary rows)."""
+
+    def seeds_for(self, row: Row) -> int:
+        return 1 if any(row_matches(row, p) for p in self.one_seed) else self.seeds
+
+    def epochs_for(self, row: Row, epochs: int) -> int:
+        """`epochs` of forward training for this row (alternating rows get their inverse epochs on top)."""
+        return epochs * (self.alternating_factor if row.schedule == "alternating" else 1)
 
     def row_overrides(self, row: Row) -> list[str]:
         out = list(self.overrides)
         if self.epochs is not None:
-            factor = self.alternating_factor if row.schedule == "alternating" else 1
-            out.append(f"train.epochs={self.epochs * factor}")
+            out.append(f"train.epochs={self.epochs_for(row, self.epochs)}")
         if self.max_steps_per_epoch is not None:
             out.append(f"train.max_steps_per_epoch={self.max_steps_per_epoch}")
         return out
+
+
+def row_matches(row: Row, pattern: str) -> bool:
+    """A glob on the row key ('fashion_mnist/fc_*') or on its last part ('fc_*')."""
+    return fnmatch.fnmatch(row.key, pattern) or fnmatch.fnmatch(row.key.rsplit("/", 1)[-1], pattern)
 
 
 @dataclass(frozen=True)
@@ -304,6 +338,24 @@ _register(
         tuple(_fashion_rows()),
         {
             "small": _small(4, 80, "train.angle_every_steps=40", "train.checkpoint_every_steps=0"),
+            "full": Budget(
+                epochs=30,
+                alternating_factor=2,
+                seeds=3,
+                search=Search(),
+                rows=tuple(
+                    f"{arch}_{rule}"
+                    for arch in ("fc", "lc")
+                    for rule in ("dtp", "dtp_alt", "sdtp", "sdtp_alt", "aosdtp", "fa", "dfa", "bp")
+                )
+                + ("conv_bp",),
+                one_seed=("fc_fa", "fc_dfa", "fc_aosdtp"),
+                overrides=("data.eval_batch_size_per_rank=500", "train.angle_every_steps=400"),
+                note="the paper's protocol at a CPU's scale: per row a random search over its Table 4 space "
+                "(12 configurations, the best 4 continued after 3 epochs, the best one after 10), that one "
+                "trained to 30 epochs of forward training, then 3 seeds of it (LC rows, conv twin, BP/DTP/SDTP "
+                "on FC; 1 seed for FA, DFA, AO-SDTP on FC); model selection over 5 consecutive epochs",
+            ),
             "paper": Budget(epochs=500, note="500 epochs, the paper's MNIST protocol (days on a CPU)"),
         },
         paper_note="The paper numbers are its MNIST results on the same net (Fashion-MNIST is harder: "

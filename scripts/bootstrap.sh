@@ -33,7 +33,10 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install --upgrade pip 2>&1 | grep -v "is ignored" || true
 "${PIP[@]}" install "$TORCH_SPEC" 2>&1 | grep -v "is ignored" || true
 "$VENV/bin/python" -c 'import torch' || { echo "[bootstrap] torch failed to install" >&2; exit 1; }
-"${PIP[@]}" install -e ".[all,test]" 2>&1 | grep -v "is ignored" || true
+# setuptools warns at length that configs/*/ look like namespace packages (they are package
+# data of bioscale.configs): keep the install's output in a log, shown only if it fails
+"${PIP[@]}" install -e ".[all,test]" > "$VENV/.install.log" 2>&1 \
+    || { grep -v "is ignored" "$VENV/.install.log" >&2; echo "[bootstrap] pip install failed" >&2; exit 1; }
 "$VENV/bin/python" -c 'import bioscale, torch, webdataset, submitit, tensorboard' \
     || { echo "[bootstrap] install incomplete" >&2; exit 1; }
 echo "$want" > "$stamp"

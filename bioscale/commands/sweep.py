@@ -27,8 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", default="paper", help="'paper' (Table 4 for the config's rule) or a YAML file")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (trial i's values depend only on it and i)")
     parser.add_argument("--epochs", type=int, help="epochs of a full trial (default: the config's train.epochs)")
-    parser.add_argument("--prune-after-epochs", type=int, help="rank all trials after this many epochs ...")
-    parser.add_argument("--keep", type=int, default=1, help="... and continue only the best KEEP")
+    parser.add_argument(
+        "--prune-after-epochs",
+        type=_int_list,
+        help="rank all trials after this many epochs ... (successive halving: a list, e.g. 3,10)",
+    )
+    parser.add_argument(
+        "--keep", type=_int_list, default=[1], help="... and continue only the best KEEP (one per stage, e.g. 4,1)"
+    )
     parser.add_argument("--name", help="sweep name (default: the config's name)")
     parser.add_argument(
         "--local", action="store_true", help="run the trials here as a process pool, no SLURM (waits for the end)"
@@ -49,11 +55,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer or a comma-separated list of them, got {text!r}"
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
     from bioscale.cluster.executors import make_executor
+    from bioscale.cluster.profile import ProfileError
     from bioscale.cluster.sweep import Sweep, make_spec, run_sweep
     from bioscale.cluster.sweep_report import summary, write_report
     from bioscale.training.config import ConfigError
@@ -83,29 +99,32 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--local runs the trials in this process's pool: --no-wait needs SLURM")
     if args.local and (args.tasks_per_node or 1) > 1:
         raise ConfigError("--local runs one process per trial: --tasks-per-node > 1 needs SLURM")
-    spec = None
-    if starting:
-        spec = make_spec(
-            args.config,
-            words,
-            args.data,
-            args.space,
-            args.trials,
-            args.seed,
-            args.epochs,
-            args.prune_after_epochs,
-            args.keep,
-            args.name,
+    try:
+        spec = None
+        if starting:
+            spec = make_spec(
+                args.config,
+                words,
+                args.data,
+                args.space,
+                args.trials,
+                args.seed,
+                args.epochs,
+                args.prune_after_epochs,
+                args.keep,
+                args.name,
+            )
+        profile = load_cluster_profile(args)
+        executor = make_executor(
+            "local" if args.local else "slurm",
+            Path(args.out).resolve() / "logs",
+            profile=profile,
+            max_parallel=args.max_parallel,
+            threads_per_job=args.cpus_per_task,
         )
-    profile = load_cluster_profile(args)
-    executor = make_executor(
-        "local" if args.local else "slurm",
-        Path(args.out).resolve() / "logs",
-        profile=profile,
-        max_parallel=args.max_parallel,
-        threads_per_job=args.cpus_per_task,
-    )
-    sweep = Sweep.create_or_resume(root, spec, executor)
+        sweep = Sweep.create_or_resume(root, spec, executor)
+    except (ConfigError, ProfileError) as exc:
+        raise type(exc)(f"{exc}; nothing was submitted") from None
     print(f"sweep {sweep.root}: trials run on {executor.describe()}", flush=True)
 
     def report_progress(status, submitted):

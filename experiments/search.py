@@ -1,0 +1,202 @@
+"""Tables whose budget searches each row's hyperparameters first (`Budget.search`): one
+pruned random search per row — a sweep of cluster/sweep.py in OUT/search/<row key>/ — whose
+last kept configuration trains on to the budget's epochs as the row's seed-0 run, then the
+other seeds of that configuration in OUT/runs/<row key>/seed<k>/.
+
+Everything runs through one executor, all rows at once: each poll advances every row's
+sweep (the local pool or SLURM queues what is due) and submits the seed runs of every row
+whose search is decided, so the pool never idles while one row's winner trains alone.
+Re-running continues: sweeps recompute their state from their directories, finished and
+diverged runs are never resubmitted, a seed run whose job failed is retried once per call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bioscale.cluster import launcher
+from bioscale.cluster.executors import Executor
+from bioscale.cluster.search_space import as_overrides
+from bioscale.cluster.sweep import BASE_CONFIG_FILE, Sweep, SweepLock, TrialStatus, make_spec
+from bioscale.cluster.training_job import TrainingJob
+from bioscale.configs import CONFIG_DIR
+from bioscale.experiments.runner import PlannedRun, choose_rows, is_finished
+from bioscale.experiments.tables import Budget, Row, Table
+from bioscale.training.preflight import check_experiment
+from bioscale.training.run_records import WALL_FILE, read_json
+
+log = logging.getLogger("bioscale.reproduce")
+SEARCH_DIR = "search"
+ACTIVE = ("pending", "running", "requeued")
+
+
+@dataclass
+class RowSearch:
+    row: Row
+    sweep: Sweep
+    epochs: int
+    """Forward (+ inverse) epochs of the row's final runs."""
+    seeds: int
+    attempted: set[int] = field(default_factory=set)
+    """Seed runs submitted by this call (a failed one is retried by the next call, not in a loop)."""
+
+    @property
+    def winner(self) -> int | None:
+        """The configuration the search chose, once its last pruning is decided."""
+        decisions = self.sweep.decisions()
+        if len(decisions) < len(self.sweep.spec.keeps) or not decisions or not decisions[-1]["keep"]:
+            return None
+        return int(decisions[-1]["keep"][0])
+
+    def runs(self, data: Path, out: Path) -> list[PlannedRun]:
+        """The row's final runs: the winner's trial (seed 0), then the other seeds; before the
+        search is decided, one placeholder (reported missing)."""
+        base = self.sweep.root / BASE_CONFIG_FILE
+        winner = self.winner
+        if winner is None:
+            undecided = self.sweep.root / "undecided"
+            return [PlannedRun(self.row, 0, base, [f"data.path={data}", f"out={undecided}"], undecided)]
+        params = as_overrides(self.sweep.params(winner))
+        common = [*params, f"train.epochs={self.epochs}", f"data.path={data}"]
+        trial = self.sweep.trial_dir(winner)
+        runs = [PlannedRun(self.row, 0, base, [*common, f"out={trial}"], trial)]
+        for seed in range(1, self.seeds):
+            run_dir = out / "runs" / self.row.key / f"seed{seed}"
+            runs.append(PlannedRun(self.row, seed, base, [*common, f"seed={seed}", f"out={run_dir}"], run_dir))
+        return runs
+
+
+def open_searches(
+    table: Table,
+    budget: Budget,
+    data: Path,
+    out: Path,
+    executor: Executor | None,
+    *,
+    rows: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    seeds: int | None = None,
+    configs: str | Path = CONFIG_DIR,
+) -> list[RowSearch]:
+    """Create or resume every chosen row's sweep (all trials validated before any is queued)."""
+    search = budget.search
+    if search is None or budget.epochs is None:
+        raise ValueError(f"budget of table {table.name!r} has no search or no epochs")
+    found = []
+    for row in choose_rows(table, budget, rows):
+        epochs = budget.epochs_for(row, budget.epochs)
+        spec = make_spec(
+            str(Path(configs) / row.config),
+            [*budget.row_overrides(row), *overrides],
+            str(data),
+            search.space,
+            search.trials,
+            search.seed,
+            epochs,
+            [budget.epochs_for(row, e) for e in search.prune_after_epochs],
+            list(search.keep),
+            row.key.replace("/", "-"),
+        )
+        sweep = Sweep.create_or_resume(out / SEARCH_DIR / row.key, spec, executor)
+        found.append(RowSearch(row, sweep, epochs, seeds or budget.seeds_for(row)))
+    return found
+
+
+def run_searched(
+    searches: Sequence[RowSearch], data: Path, out: Path, executor: Executor, poll_s: float = 10.0
+) -> list[PlannedRun]:
+    """Drive every row's search and final runs until all are finished (or nothing more can
+    run: failures, retried by the next call); returns the final runs of every row."""
+    with contextlib.ExitStack() as locks:
+        for s in searches:
+            locks.enter_context(SweepLock(s.sweep.root))
+        seen: dict[str, str] = {}
+        while True:
+            submitted = [job for s in searches for job in s.sweep.advance()]
+            statuses = {s.row.key: s.sweep.status(with_logs=False) for s in searches}
+            submitted += _submit_seed_runs(searches, data, out, executor)
+            progress = _progress(searches, statuses, data, out, executor)
+            if progress != seen.get("line"):
+                log.info("%s", progress)
+                seen["line"] = progress
+            searching = any(t.state in ACTIVE for st in statuses.values() for t in st)
+            finals = [r for s in searches for r in s.runs(data, out)]
+            finals_active = any(launcher.active_job(r.run_dir, executor) for r in finals if r.seed > 0)
+            complete = all(s.sweep.complete(statuses[s.row.key]) for s in searches) and all(
+                is_finished(r) for r in finals
+            )
+            if complete or not (searching or finals_active or submitted):
+                return finals
+            time.sleep(poll_s)
+
+
+def _submit_seed_runs(searches: Sequence[RowSearch], data: Path, out: Path, executor: Executor) -> list[str]:
+    due: list[tuple[RowSearch, PlannedRun]] = []
+    for s in searches:
+        for run in s.runs(data, out)[1:]:
+            if run.seed in s.attempted or is_finished(run) or launcher.active_job(run.run_dir, executor):
+                continue
+            due.append((s, run))
+    if not due:
+        return []
+    cfgs = [run.load_config() for _, run in due]
+    for cfg in cfgs:
+        check_experiment(cfg)
+    jobs = [TrainingJob(cfg.to_dict(), label=run.label) for (_, run), cfg in zip(due, cfgs)]
+    ids = executor.submit(jobs, job_name="bioscale-seeds")
+    for (s, run), job_id in zip(due, ids):
+        launcher.record_job(run.run_dir, job_id, executor)
+        s.attempted.add(run.seed)
+    log.info("submitted the seed runs %s: %s", [run.label for _, run in due], ", ".join(ids))
+    return ids
+
+
+def _progress(
+    searches: Sequence[RowSearch], statuses: dict[str, list[TrialStatus]], data: Path, out: Path, executor: Executor
+) -> str:
+    decided = sum(s.winner is not None for s in searches)
+    trials = [t for st in statuses.values() for t in st]
+    running = sum(t.state in ACTIVE for t in trials)
+    finals = [r for s in searches for r in s.runs(data, out) if s.winner is not None]
+    done = sum(is_finished(r) for r in finals)
+    return (
+        f"{len(searches)} rows: {decided} searches decided, {running} trial job(s) queued or running; "
+        f"final runs {done}/{len(finals)} finished (on {executor.describe()})"
+    )
+
+
+def report_section(searches: Sequence[RowSearch], out: Path) -> str:
+    """Markdown: per row, the search's trials ranked (as `bioscale sweep report` shows them),
+    the chosen configuration and the compute the search took; also writes each sweep's own
+    report.csv / report.md beside its trials."""
+    from bioscale.cluster.sweep_report import markdown_table, rows, write_report
+
+    parts = [
+        "## Hyperparameter search",
+        "",
+        "Per row: every sampled configuration, ranked by the validation error of the paper's model "
+        "selection at the stage it reached (state `pruned`: stopped at that stage). The kept one "
+        "trained on to the final epochs as seed 0.",
+    ]
+    for s in searches:
+        status = s.sweep.status(with_logs=False)
+        write_report(s.sweep, status)
+        walls = [read_json(s.sweep.trial_dir(t.trial) / WALL_FILE) or {} for t in status]
+        hours = sum(w.get("wall_s", 0.0) for w in walls) / 3600
+        winner = s.winner
+        chosen = ", ".join(as_overrides(s.sweep.params(winner))) if winner is not None else "not decided yet"
+        rel = s.sweep.root.relative_to(out) if s.sweep.root.is_relative_to(out) else s.sweep.root
+        parts += [
+            "",
+            f"### {s.row.key}",
+            "",
+            f"Chosen: {chosen}. Trials' training time {hours:.2f} h; directory `{rel}`.",
+            "",
+            markdown_table(*rows(s.sweep, status)),
+        ]
+    return "\n".join(parts)
