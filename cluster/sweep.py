@@ -439,7 +439,10 @@ def make_spec(
 ) -> SweepSpec:
     """A new sweep's spec from command-line values (paths made absolute; a one-stage
     pruning stored as plain numbers, as sweeps always stored it)."""
-    prune_after_epochs, keep = (v[0] if isinstance(v, list) and len(v) == 1 else v for v in (prune_after_epochs, keep))
+    if isinstance(prune_after_epochs, list) and len(prune_after_epochs) == 1:
+        prune_after_epochs = prune_after_epochs[0]
+    if isinstance(keep, list) and len(keep) == 1:
+        keep = keep[0]
     base = load_config(config, overrides)
     resolved_space = load_space(space, base.algorithm.rule)
     base_dict = base.to_dict()
