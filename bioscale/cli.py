@@ -28,9 +28,9 @@ COMMANDS: dict[str, str] = {
     "inspect": "verify shards against their manifest (counts, checksums, decodes)",
     "train": "train a model with a learning rule (one process, torchrun, DeepSpeed)",
     "launch": "submit a training run to SLURM through submitit (or --local)",
-    "sweep": "random hyperparameter search as a SLURM job array, with pruning",
+    "sweep": "random hyperparameter search with pruning: SLURM job arrays or a local pool (--local)",
     "reproduce": "run the paper's experiments and tabulate them",
-    "bench": "benchmarks: layers, data, train (ratios against a same-process baseline)",
+    "bench": "benchmarks: layers, data, train, scale, ddp, pool (ratios against a same-process baseline)",
 }
 
 

@@ -49,6 +49,8 @@ class SubmissionError(UserError, RuntimeError):
 class Executor(ABC):
     cluster: str
     """'local' or 'slurm': recorded with every job in the run's jobs.jsonl."""
+    capacity: int | None = None
+    """Jobs that run at once (the local pool's size); None: the engine queues and throttles."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -145,7 +147,7 @@ class LocalExecutor(Executor):
         super().__init__(folder)
         if max_parallel < 1:
             raise ValueError(f"--max-parallel must be >= 1, got {max_parallel}")
-        self.max_parallel = max_parallel
+        self.max_parallel = self.capacity = max_parallel
         self.threads_per_job = threads_per_job or max(1, (os.cpu_count() or 1) // max_parallel)
         self._pool: ProcessPoolExecutor | None = None
         self._futures: dict[str, Future] = {}

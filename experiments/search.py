@@ -3,9 +3,10 @@ pruned random search per row — a sweep of cluster/sweep.py in OUT/search/<row 
 last kept configuration trains on to the budget's epochs as the row's seed-0 run, then the
 other seeds of that configuration in OUT/runs/<row key>/seed<k>/.
 
-Everything runs through one executor, all rows at once: each poll advances every row's
-sweep (the local pool or SLURM queues what is due) and submits the seed runs of every row
-whose search is decided, so the pool never idles while one row's winner trains alone.
+Everything runs through one executor, all rows in one loop: each poll advances the rows'
+sweeps (the local pool or SLURM queues what is due) and submits the seed runs of every row
+whose search is decided, earlier rows first (see `run_searched`), so the pool never idles
+while one row's winner trains alone.
 Re-running continues: sweeps recompute their state from their directories, finished and
 diverged runs are never resubmitted, a seed run whose job failed is retried once per call.
 """
@@ -111,48 +112,64 @@ def run_searched(
     searches: Sequence[RowSearch], data: Path, out: Path, executor: Executor, poll_s: float = 10.0
 ) -> list[PlannedRun]:
     """Drive every row's search and final runs until all are finished (or nothing more can
-    run: failures, retried by the next call); returns the final runs of every row."""
+    run: failures, retried by the next call); returns the final runs of every row.
+
+    Rows go in table order and an earlier row always gets the next free slot: with a
+    bounded pool (`executor.capacity`) new work is queued only while fewer jobs than slots
+    are queued or running, so rows finish one after the other — a session that ends mid-
+    table leaves whole rows done — instead of every row's first stage first."""
     with contextlib.ExitStack() as locks:
         for s in searches:
             locks.enter_context(SweepLock(s.sweep.root))
         seen: dict[str, str] = {}
         while True:
-            submitted = [job for s in searches for job in s.sweep.advance()]
+            submitted: list[str] = []
+            busy = sum(_active_jobs(s, data, out, executor) for s in searches)
+            for s in searches:
+                if executor.capacity is not None and busy >= executor.capacity:
+                    break
+                before = len(submitted)
+                submitted += s.sweep.advance()
+                submitted += _submit_seed_runs(s, data, out, executor)
+                busy += len(submitted) - before
             statuses = {s.row.key: s.sweep.status(with_logs=False) for s in searches}
-            submitted += _submit_seed_runs(searches, data, out, executor)
             progress = _progress(searches, statuses, data, out, executor)
             if progress != seen.get("line"):
                 log.info("%s", progress)
                 seen["line"] = progress
-            searching = any(t.state in ACTIVE for st in statuses.values() for t in st)
             finals = [r for s in searches for r in s.runs(data, out)]
-            finals_active = any(launcher.active_job(r.run_dir, executor) for r in finals if r.seed > 0)
             complete = all(s.sweep.complete(statuses[s.row.key]) for s in searches) and all(
                 is_finished(r) for r in finals
             )
-            if complete or not (searching or finals_active or submitted):
+            if complete or not (submitted or any(_active_jobs(s, data, out, executor) for s in searches)):
                 return finals
             time.sleep(poll_s)
 
 
-def _submit_seed_runs(searches: Sequence[RowSearch], data: Path, out: Path, executor: Executor) -> list[str]:
-    due: list[tuple[RowSearch, PlannedRun]] = []
-    for s in searches:
-        for run in s.runs(data, out)[1:]:
-            if run.seed in s.attempted or is_finished(run) or launcher.active_job(run.run_dir, executor):
-                continue
-            due.append((s, run))
+def _active_jobs(s: RowSearch, data: Path, out: Path, executor: Executor) -> int:
+    """The row's jobs queued or running now: its trials' and its seed runs'."""
+    trials = sum(t.state in ACTIVE for t in s.sweep.status(with_logs=False))
+    seeds = sum(launcher.active_job(r.run_dir, executor) is not None for r in s.runs(data, out)[1:])
+    return trials + seeds
+
+
+def _submit_seed_runs(s: RowSearch, data: Path, out: Path, executor: Executor) -> list[str]:
+    due = [
+        run
+        for run in s.runs(data, out)[1:]
+        if run.seed not in s.attempted and not is_finished(run) and not launcher.active_job(run.run_dir, executor)
+    ]
     if not due:
         return []
-    cfgs = [run.load_config() for _, run in due]
+    cfgs = [run.load_config() for run in due]
     for cfg in cfgs:
         check_experiment(cfg)
-    jobs = [TrainingJob(cfg.to_dict(), label=run.label) for (_, run), cfg in zip(due, cfgs)]
+    jobs = [TrainingJob(cfg.to_dict(), label=run.label) for run, cfg in zip(due, cfgs)]
     ids = executor.submit(jobs, job_name="bioscale-seeds")
-    for (s, run), job_id in zip(due, ids):
+    for run, job_id in zip(due, ids):
         launcher.record_job(run.run_dir, job_id, executor)
         s.attempted.add(run.seed)
-    log.info("submitted the seed runs %s: %s", [run.label for _, run in due], ", ".join(ids))
+    log.info("submitted the seed runs %s: %s", [run.label for run in due], ", ".join(ids))
     return ids
 
 

@@ -7,6 +7,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VIEW=build/typecheck/bioscale
+mkdir -p build
+exec 9> build/.typecheck.lock
+flock 9  # one view at a time: two checks rebuilding it at once would see each other's half-built tree
 rm -rf build/typecheck
 mkdir -p "$VIEW"
 for entry in bioscale/*.py bioscale/commands bioscale/bench; do
