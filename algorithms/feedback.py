@@ -44,7 +44,8 @@ class TraceGap(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        delta = grad.detach() / ctx.trace.scale
+        scale = ctx.trace.scale
+        delta = grad.detach() if scale == 1.0 else grad.detach() / scale
         ctx.trace.local_losses[ctx.layer] = 0.5 * delta.pow(2).sum()
         return grad, None, None
 
@@ -65,8 +66,12 @@ class DifferenceTarget(torch.autograd.Function):
         (h,) = ctx.saved_tensors
         c = ctx.trace.scale
         with torch.no_grad():
-            signal = ctx.block.inverse(h) - ctx.block.inverse(h - grad / c)
-        return grad, c * signal, None, None
+            # c = 1 (the usual case) skips two passes over δ and the signal
+            target = h - grad if c == 1.0 else h - grad / c
+            signal = ctx.block.inverse(h).sub_(ctx.block.inverse(target))
+            if c != 1.0:
+                signal.mul_(c)
+        return grad, signal, None, None
 
 
 class FixedTopSignal(torch.autograd.Function):

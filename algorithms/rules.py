@@ -32,8 +32,32 @@ def gaussian_like(h: torch.Tensor, sigma: float) -> torch.Tensor:
     view takes normal_'s slow strided path (~10× slower, measured), and a mismatched layout
     would make `h + ε` and the next layer's input conversion strided too."""
     order = sorted(range(h.dim()), key=lambda d: h.stride(d), reverse=True)
-    draw = torch.randn([h.shape[d] for d in order], dtype=h.dtype, device=h.device).mul_(sigma)
+    draw = torch.empty([h.shape[d] for d in order], dtype=h.dtype, device=h.device).normal_(0.0, sigma)
     return draw.permute([order.index(d) for d in range(h.dim())])
+
+
+FEEDBACK_CHUNK = 1 << 22
+"""Elements drawn per host chunk by `glorot_feedback` (32 MiB of float64)."""
+
+
+def glorot_feedback(
+    shape, fan_in: int, fan_out: int, generator: torch.Generator, dtype: torch.dtype, device
+) -> torch.Tensor:
+    """A fixed random feedback matrix, Glorot-uniform, built on `device` in `dtype`.
+
+    Drawn in float64 from the CPU `generator` (so every rank and every device gets the same
+    values from the seed) but in chunks of `FEEDBACK_CHUNK` elements, each cast and copied
+    to the target tensor: host memory stays at one chunk instead of a float64 copy of the
+    whole matrix (gigabytes for the full-width ImageNet nets). CPU `uniform_` draws
+    serially, so the values are bit-identical to one float64 draw of the whole tensor cast
+    to `dtype` (what this built before; tests/algorithms/test_feedback_init.py checks it)."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    flat = out.view(-1)
+    for start in range(0, flat.numel(), FEEDBACK_CHUNK):
+        n = min(FEEDBACK_CHUNK, flat.numel() - start)
+        chunk = glorot_uniform_(torch.empty(n, dtype=torch.float64), fan_in, fan_out, generator)
+        flat[start : start + n].copy_(chunk)
+    return out
 
 
 class Rule:
@@ -122,9 +146,9 @@ class FA(Rule):
         for l, block in enumerate(net.blocks, 1):
             if l > 1:  # the first layer's input gradient is never needed
                 w = block.layer.weight
-                b = torch.empty(w.shape, dtype=torch.float64)
-                glorot_uniform_(b, block.layer.fan_in, block.layer.fan_out, generator)
-                out[f"feedback_{l}"] = b.to(w.dtype)
+                out[f"feedback_{l}"] = glorot_feedback(
+                    w.shape, block.layer.fan_in, block.layer.fan_out, generator, w.dtype, w.device
+                )
         return out
 
     def hidden(self, l, block, h_prev, trace, feedback):
@@ -140,10 +164,8 @@ class DFA(Rule):
     def init_feedback(self, net, generator):
         out, classes = {}, net.num_classes
         for l, block in enumerate(net.blocks[:-1], 1):
-            n = math.prod(block.out_shape)
-            b = torch.empty(classes, n, dtype=torch.float64)
-            glorot_uniform_(b, classes, n, generator)
-            out[f"feedback_{l}"] = b.to(block.layer.weight.dtype)
+            n, w = math.prod(block.out_shape), block.layer.weight
+            out[f"feedback_{l}"] = glorot_feedback((classes, n), classes, n, generator, w.dtype, w.device)
         return out
 
     def hidden(self, l, block, h_prev, trace, feedback):
@@ -208,7 +230,8 @@ class TargetPropagation(Rule):
                     f_out = block(h_noisy)
                 rec = block.inverse(f_out)
             target = h_prev if self.inverse_loss == "denoising" else h_noisy
-            losses[l] = 0.5 * (rec - target).pow(2).sum()
+            # one fused kernel each way instead of sub, pow, sum and their backwards
+            losses[l] = 0.5 * F.mse_loss(rec, target, reduction="sum")
         return losses
 
 

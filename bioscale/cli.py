@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "launch": "submit a training run to SLURM through submitit (or --local)",
     "sweep": "random hyperparameter search with pruning: SLURM job arrays or a local pool (--local)",
     "reproduce": "run the paper's experiments and tabulate them",
+    "doctor": "check a node: versions, GPUs, DALI vs driver, environment, one step of every rule",
     "bench": "benchmarks: layers, data, train, scale, ddp, pool (ratios against a same-process baseline)",
 }
 

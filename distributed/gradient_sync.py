@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from bioscale.distributed.process_group import get_world_size
+from bioscale.distributed.process_group import all_reduce_sum, get_world_size
 
 
 def all_reduce_gradients(params, bucket_bytes: int = 32 << 20, group=None) -> None:
@@ -34,7 +34,7 @@ def all_reduce_gradients(params, bucket_bytes: int = 32 << 20, group=None) -> No
 
 def _reduce(tensors: list[torch.Tensor], group) -> None:
     flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    all_reduce_sum(flat, group)  # checks that the gradients live on the group's device
     offset = 0
     for t in tensors:
         n = t.numel()

@@ -46,7 +46,7 @@ from bioscale.distributed.pipeline_schedule import (
     placement,
     ranges_from_balance,
 )
-from bioscale.distributed.process_group import get_rank, get_world_size, is_initialized
+from bioscale.distributed.process_group import all_reduce_sum, get_rank, get_world_size
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,9 @@ class Pipeline:
         on every rank) and this stage's staleness and timing."""
         self.learner.train()
         cfg, n_batches = self.cfg, len(batches)
-        stats = torch.zeros(n_batches, 3, dtype=torch.float64)  # loss, correct, samples
+        # loss, correct, samples: on the stage's device (the collective below needs it there
+        # under nccl) and accumulated without a host sync per micro-batch
+        stats = torch.zeros(n_batches, 3, dtype=torch.float64, device=self.device)
         source = self._micro_batches(batches)
         inflight: dict[int, _InFlight] = {}
         # sync: one 1F1B schedule per batch, flushed, one step. decoupled: one schedule over
@@ -295,8 +297,8 @@ class Pipeline:
                     rec = inflight[j] = self._forward(x, y, noise, phase)
                     if rec.logits is not None:
                         b = j // cfg.micro_batches
-                        stats[b, 0] += float(F.cross_entropy(rec.logits, y, reduction="sum"))
-                        stats[b, 1] += float((rec.logits.argmax(1) == y).sum())
+                        stats[b, 0] += F.cross_entropy(rec.logits, y, reduction="sum").to(torch.float64)
+                        stats[b, 1] += (rec.logits.argmax(1) == y).sum().to(torch.float64)
                         stats[b, 2] += y.shape[0]
                 else:
                     self._backward(inflight.pop(j))
@@ -306,8 +308,8 @@ class Pipeline:
             if cfg.mode == "sync":
                 self._step(phase)
         self._flush_sends()
-        if is_initialized():
-            dist.all_reduce(stats)  # only last-stage ranks contributed: every rank gets the curve
+        all_reduce_sum(stats)  # only last-stage ranks contributed: every rank gets the curve
+        curve = stats.tolist()  # the one host sync of the statistics
         summary = self.staleness_summary()
         log.info(
             "pipeline stage %d (layers %s, %s): staleness mean %.2f max %d over %d micro-batches, "
@@ -322,9 +324,9 @@ class Pipeline:
             summary["wait_s"],
         )
         return {
-            "loss": stats[:, 0].tolist(),
-            "correct": stats[:, 1].tolist(),
-            "samples": stats[:, 2].tolist(),
+            "loss": [row[0] for row in curve],
+            "correct": [row[1] for row in curve],
+            "samples": [row[2] for row in curve],
             "staleness": summary,
         }
 

@@ -3,6 +3,14 @@ collectives that are the identity on one process, and a clean way out.
 
 Every helper works before/without `init_distributed` (one process), so the
 training loop has no `if distributed:` branches.
+
+One backend per group, chosen from the device the rank actually computes on (nccl for a
+GPU, gloo for the CPU — also `distributed.device=cpu` on a GPU node), and every tensor
+handed to a collective lives on that group's device: NCCL refuses CPU tensors. The
+trainer's statistics are kept on the model's device for that reason (and so that a step
+needs no host sync); `all_reduce_sum` checks the device and names the offender. Why not
+a mixed "cpu:gloo,cuda:nccl" group: nothing here needs a CPU collective on a GPU run, and
+a second backend would let a stray CPU tensor pass silently — with a host sync — on GPU.
 """
 
 from __future__ import annotations
@@ -20,9 +28,19 @@ from bioscale.distributed.environment import DistEnv, read_environment
 BACKENDS = ("gloo", "nccl")
 
 
+class CollectiveDeviceError(RuntimeError):
+    """A tensor on another device than its process group's reached a collective."""
+
+
 def default_backend() -> str:
-    """nccl when this process can see a GPU, gloo otherwise (CPU)."""
+    """nccl when this process can see a GPU, gloo otherwise (CPU). A run that computes
+    on the CPU on a GPU node must use `backend_for_device` instead."""
     return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def backend_for_device(device: torch.device | str) -> str:
+    """The backend of a group whose ranks compute on `device`: nccl for CUDA, gloo otherwise."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
 def local_device(env: DistEnv, device: str = "auto") -> torch.device:
@@ -46,17 +64,23 @@ def is_initialized() -> bool:
 
 
 def init_distributed(
-    env: DistEnv | None = None, backend: str | None = None, timeout_s: float = 1800.0, require_group: bool = False
+    env: DistEnv | None = None,
+    backend: str | None = None,
+    timeout_s: float = 1800.0,
+    require_group: bool = False,
+    device: str = "auto",
 ) -> bool:
     """Join the process group described by `env` (read from the environment if
     None). Returns True when a process group is active. A single process gets
     none (False) unless `require_group` — DeepSpeed needs a group even alone;
     that one-rank group uses an in-process store, so it binds no port and
-    cannot collide with another run on the machine. Calling it twice is harmless."""
+    cannot collide with another run on the machine. Calling it twice is harmless.
+    `backend` defaults to the one of the device `device` (`distributed.device`:
+    auto | cpu | cuda) resolves to: gloo for `cpu` even where CUDA is visible."""
     env = read_environment() if env is None else env
     if env.world_size == 1 and not require_group:
         return False
-    backend = backend or default_backend()
+    backend = backend or backend_for_device(local_device(env, device))
     if backend not in BACKENDS:
         raise ValueError(f"unknown torch.distributed backend {backend!r}; expected one of {BACKENDS}")
     if is_initialized():
@@ -107,14 +131,41 @@ def is_main_process() -> bool:
 
 def barrier() -> None:
     if is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+        if dist.get_backend() == "nccl":  # name the GPU: NCCL otherwise guesses one
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum `tensor` over all ranks, in place; returns it. Identity on one process.
-    Under nccl the tensor must be on this rank's GPU."""
-    if is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+def collective_device(group=None) -> torch.device:
+    """The device tensors handed to `group`'s collectives (default: all ranks) must live on:
+    this rank's current GPU under nccl, the CPU under gloo and without a process group."""
+    if is_initialized() and "nccl" in str(dist.get_backend(group)):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def check_collective_device(tensor: torch.Tensor, group=None) -> None:
+    """Raise `CollectiveDeviceError` unless `tensor` lives on `group`'s collective device."""
+    expected = collective_device(group)
+    if tensor.device.type != expected.type:
+        raise CollectiveDeviceError(
+            f"a {tensor.device} tensor (shape {tuple(tensor.shape)}, {tensor.dtype}) reached a "
+            f"{dist.get_backend(group)} collective, whose tensors must be on {expected.type}: "
+            "build it on the model's device"
+        )
+
+
+def all_reduce_sum(tensor: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum `tensor` over the ranks of `group` (default: all), in place; returns it.
+    Identity on one process. The tensor must live on the group's device
+    (`collective_device`: the rank's GPU under nccl) — checked, on one process too when
+    a group exists, so a CPU run catches what would break the first NCCL run."""
+    if not is_initialized():
+        return tensor
+    check_collective_device(tensor, group)
+    if dist.get_world_size(group) > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
     return tensor
 
 

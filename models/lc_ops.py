@@ -38,8 +38,8 @@ class Geometry:
         # (a, b, output slices, input slices) per tap that reads any real input; built once
         # because `fold_` walks it on every call. Taps reading only padding add nothing.
         rows, cols = self._taps(0, self.pad_h[0]), self._taps(1, self.pad_w[0])
-        self.blocks = [
-            (a, b, (oi, oj), (ii, ij))
+        self.blocks: list[tuple[int, int, tuple[slice, slice], tuple[slice, slice]]] = [
+            (a, b, (oi, oj), (ii, ij))  # type: ignore[misc]  # None entries are filtered below
             for a, (oi, ii) in enumerate(rows)
             for b, (oj, ij) in enumerate(cols)
             if oi is not None and oj is not None
@@ -115,6 +115,108 @@ def fold_(cols: torch.Tensor, g: Geometry, channels: int, out: torch.Tensor | No
     return out
 
 
+CHUNK_BYTES = 1 << 19
+"""Column bytes per chunk in the chunked kernels below: small enough that a chunk of columns
+stays in this CPU's 2 MiB per-core L2 between the copy that writes it and the GEMM that
+reads it (0.25-1 MiB measured alike, 2 MiB slower; BENCHMARKS.md, "Training step cost on
+CPU"). Layers whose columns fit in two chunks use the one-shot kernels."""
+
+
+def _chunk_rows(g: Geometry, k: int, n: int, itemsize: int) -> int:
+    """Output rows per chunk, or 0 when the whole column tensor fits in two chunks (then the
+    one-shot kernels are as fast and issue fewer calls)."""
+    row_bytes = g.output_size[1] * k * n * itemsize
+    if g.output_size[0] * row_bytes <= 2 * CHUNK_BYTES:
+        return 0
+    return max(1, CHUNK_BYTES // row_bytes)
+
+
+def _unfold_rows_view(x: torch.Tensor, g: Geometry) -> torch.Tensor:
+    """The (Ho, Wo, kh, kw, C, N) strided view of the padded input that `unfold_` copies."""
+    xp = _pad(x, g)
+    wp, c, n = xp.shape[1:]
+    (ho, wo), (kh, kw), (sh, sw) = g.output_size, g.kernel_size, g.stride
+    cn = c * n
+    return xp.as_strided((ho, wo, kh, kw, c, n), (sh * wp * cn, sw * cn, wp * cn, cn, n, 1), xp.storage_offset())
+
+
+def lc_matmul(weight: torch.Tensor, x: torch.Tensor, g: Geometry, bias_lo1: torch.Tensor | None = None):
+    """W · unfold(x) (+ bias as (L, O, 1)): (L, O, K), (H, W, C, N) -> (L, O, N).
+
+    The columns are built a few output rows at a time into one reused buffer and consumed
+    by the GEMM while still in cache, instead of writing (k/s)² copies of x to memory and
+    reading them back (the columns of `iclr_mnist_lc`'s second layer are 29 MB at batch
+    128). Same GEMMs over the same K order, so the result is bit-identical to
+    `bmm(W, unfold_(x))`."""
+    n = x.shape[-1]
+    num_pos, o, k = weight.shape
+    rows = _chunk_rows(g, k, n, x.element_size())
+    if not rows:
+        cols = unfold_(x, g)
+        return torch.bmm(weight, cols) if bias_lo1 is None else torch.baddbmm(bias_lo1, weight, cols)
+    view, wo = _unfold_rows_view(x, g), g.output_size[1]
+    out = x.new_empty((num_pos, o, n))
+    buf = x.new_empty(rows * wo * k * n)
+    for i0 in range(0, g.output_size[0], rows):
+        i1 = min(g.output_size[0], i0 + rows)
+        l0, l1 = i0 * wo, i1 * wo
+        cols = buf[: (l1 - l0) * k * n].view(i1 - i0, *view.shape[1:])
+        cols.copy_(view[i0:i1])
+        cols = cols.view(l1 - l0, k, n)
+        if bias_lo1 is None:
+            torch.bmm(weight[l0:l1], cols, out=out[l0:l1])
+        else:
+            torch.baddbmm(bias_lo1[l0:l1], weight[l0:l1], cols, out=out[l0:l1])
+    return out
+
+
+def lc_weight_grad(grad: torch.Tensor, x: torch.Tensor, g: Geometry) -> torch.Tensor:
+    """grad · unfold(x)ᵀ: (L, O, N), (H, W, C, N) -> (L, O, K), chunked like `lc_matmul`
+    (bit-identical to `bmm(grad, unfold_(x).transpose(1, 2))`)."""
+    num_pos, o, n = grad.shape
+    k = g.kernel_size[0] * g.kernel_size[1] * x.shape[2]
+    rows = _chunk_rows(g, k, n, x.element_size())
+    if not rows:
+        return torch.bmm(grad, unfold_(x, g).transpose(1, 2))
+    view, wo = _unfold_rows_view(x, g), g.output_size[1]
+    out = grad.new_empty((num_pos, o, k))
+    buf = x.new_empty(rows * wo * k * n)
+    for i0 in range(0, g.output_size[0], rows):
+        i1 = min(g.output_size[0], i0 + rows)
+        l0, l1 = i0 * wo, i1 * wo
+        cols = buf[: (l1 - l0) * k * n].view(i1 - i0, *view.shape[1:])
+        cols.copy_(view[i0:i1])
+        torch.bmm(grad[l0:l1], cols.view(l1 - l0, k, n).transpose(1, 2), out=out[l0:l1])
+    return out
+
+
+def lc_adjoint(
+    weight: torch.Tensor, y: torch.Tensor, g: Geometry, channels: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """fold(Wᵀ · y): (L, O, K), (L, O, N) -> (H, W, C, N), accumulated into `out` when given.
+
+    For large layers no columns at all: per output row and kernel tap one in-place
+    `baddbmm_` adds (W_tap)ᵀ · y of that row straight into the input-space rows it reads
+    (Ho·k² small GEMMs instead of writing and re-reading the (k/s)²-times larger
+    Wᵀ·y). The same products as `fold_(bmm(Wᵀ, y))`, taps summed in the same order;
+    the GEMM's accumulation into the output may round differently."""
+    num_pos, o, k = weight.shape
+    n = y.shape[-1]
+    if not _chunk_rows(g, k, n, y.element_size()):
+        return fold_(torch.bmm(weight.transpose(1, 2), y), g, channels, out=out)
+    (ho, wo), kw, s = g.output_size, g.kernel_size[1], g.stride[0]
+    if out is None:
+        out = y.new_zeros((*g.input_size, channels, n))
+    w4, y4 = weight.view(ho, wo, o, k), y.view(ho, wo, o, n)
+    for i in range(ho):
+        for a, b, (oi, oj), (ii, ij) in g.blocks:
+            if not oi.start <= i < oi.stop:
+                continue
+            t = (a * kw + b) * channels
+            out[ii.start + (i - oi.start) * s, ij].baddbmm_(w4[i, oj, :, t : t + channels].transpose(1, 2), y4[i, oj])
+    return out
+
+
 class Unfold(torch.autograd.Function):
     """Autograd unfold (H, W, C, N) -> (L, K, N); backward is `Fold`."""
 
@@ -156,11 +258,19 @@ class LCLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, feedback, g: Geometry, recompute: bool):
-        cols = unfold_(x, g)
-        if bias is None:
-            out = torch.bmm(weight, cols)
+        bias_lo1 = None if bias is None else _bias_lo1(bias, g.num_positions)
+        if (
+            ctx.needs_input_grad[1]
+            and not recompute
+            and not _chunk_rows(g, weight.shape[2], x.shape[3], x.element_size())
+        ):
+            cols = unfold_(x, g)  # small enough to keep: saved for the weight gradient
+            out = torch.bmm(weight, cols) if bias_lo1 is None else torch.baddbmm(bias_lo1, weight, cols)
         else:
-            out = torch.baddbmm(_bias_lo1(bias, g.num_positions), weight, cols)
+            # Columns too large to keep in cache (or not needed): built chunk by chunk and,
+            # if the weight gradient needs them, rebuilt the same way in backward.
+            recompute = True
+            out = lc_matmul(weight, x, g, bias_lo1)
         ctx.g, ctx.recompute, ctx.has_bias = g, recompute, bias is not None
         ctx.channels, ctx.out_channels = x.shape[2], weight.shape[1]
         # Save only what the requested gradients read: autograd's version check then fires
@@ -180,11 +290,9 @@ class LCLinear(torch.autograd.Function):
         grad = to_hwcn(grad.permute(3, 2, 0, 1)).view(g.num_positions, o, -1)
         gx = gw = gb = None
         if ctx.needs_input_grad[1]:
-            cols = unfold_(saved, g) if ctx.recompute else saved
-            gw = torch.bmm(grad, cols.transpose(1, 2))
-            del cols  # with recompute, free the columns before the input gradient allocates its own
+            gw = lc_weight_grad(grad, saved, g) if ctx.recompute else torch.bmm(grad, saved.transpose(1, 2))
         if ctx.needs_input_grad[0]:
-            gx = fold_(torch.bmm(back.transpose(1, 2), grad), g, ctx.channels)
+            gx = lc_adjoint(back, grad, g, ctx.channels)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = grad.sum(-1).t().reshape(o, *g.output_size)
         return gx, gw, gb, None, None, None
@@ -204,7 +312,7 @@ class LCTransposeLinear(torch.autograd.Function):
         if bias is not None:
             h, w = g.input_size
             acc = bias.permute(1, 2, 0).unsqueeze(-1).expand(h, w, channels, n).contiguous()
-        out = fold_(torch.bmm(weight.transpose(1, 2), y2), g, channels, out=acc)
+        out = lc_adjoint(weight, y2, g, channels, out=acc)
         ctx.g, ctx.has_bias = g, bias is not None
         ctx.save_for_backward(y2 if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
         return out
@@ -216,12 +324,16 @@ class LCTransposeLinear(torch.autograd.Function):
         g = ctx.g
         grad = to_hwcn(grad.permute(3, 2, 0, 1))
         gy = gw = gb = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            gcols = unfold_(grad, g)
-        if ctx.needs_input_grad[0]:
+        both = ctx.needs_input_grad[0] and ctx.needs_input_grad[1]
+        if both and not _chunk_rows(g, weight.shape[2], grad.shape[3], grad.element_size()):
+            gcols = unfold_(grad, g)  # small: one unfold serves both GEMMs
             gy = torch.bmm(weight, gcols).view(*g.output_size, weight.shape[1], -1)
-        if ctx.needs_input_grad[1]:
             gw = torch.bmm(y2, gcols.transpose(1, 2))
+        else:
+            if ctx.needs_input_grad[0]:
+                gy = lc_matmul(weight, grad, g).view(*g.output_size, weight.shape[1], -1)
+            if ctx.needs_input_grad[1]:
+                gw = lc_weight_grad(y2, grad, g)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = grad.sum(-1).permute(2, 0, 1).contiguous()
         return gy, gw, gb, None, None

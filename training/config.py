@@ -87,7 +87,12 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     """Cap on steps per epoch (smoke tests, benchmarks); None = the whole training split."""
     log_every_steps: int = 50
-    """Write train/* and perf/* scalars every this many steps."""
+    """Write train/* and perf/* scalars every this many steps. Also the cadence of the host's
+    look at the device: steps in between run without a host sync (statistics accumulate on
+    the device), and the divergence check (non-finite losses, recorded every step on the
+    device, and NaN/inf weights) runs at these steps, at angle steps, before every checkpoint
+    and at each epoch end — a diverged run stops at the next of those, naming the first bad
+    step and the layer, and never saves NaN weights."""
     angle_every_steps: int = 200
     """Measure the angle between each layer's update and the BP gradient every this many steps; 0 = off."""
     checkpoint_every_steps: int = 500

@@ -1,9 +1,13 @@
 """Evaluation: top-1 / top-5 error over a split read exactly once across all ranks.
 
 Each rank counts correct predictions over the samples it was given (never padding),
-then the counts are summed over ranks: the error is over exactly the split's samples."""
+then the counts are summed over ranks: the error is over exactly the split's samples.
+The counts stay on the model's device (the all-reduce needs them there under NCCL) and
+are read back once, at the end: no host sync per batch."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -14,28 +18,32 @@ from bioscale.distributed import all_reduce_sum
 def evaluate(net, reader, device: torch.device, autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
     was_training = net.training
     net.eval()
-    counts = torch.zeros(4, dtype=torch.float64)  # top1 correct, top5 correct, samples, summed loss
+    # top1 correct, top5 correct, samples, summed loss
+    counts = torch.zeros(4, dtype=torch.float64, device=device)
     for images, labels in reader:
         # A rank's final batch may be empty; it still runs the forward: under ZeRO-3 every
         # forward gathers parameters collectively, and a rank that skipped would hang the others.
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        autocast = (
+            contextlib.nullcontext() if autocast_dtype is None else torch.autocast(device.type, dtype=autocast_dtype)
+        )
+        with autocast:
             logits = net(images.to(next(net.parameters()).dtype)).float()
         if labels.numel() == 0:
             continue
         k = min(5, logits.shape[1])
         topk = logits.topk(k, dim=1).indices
         hit = topk == labels[:, None]
-        counts[0] += hit[:, 0].sum().item()
-        counts[1] += hit.any(dim=1).sum().item()
-        counts[2] += labels.numel()
-        counts[3] += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+        counts[0] += hit[:, 0].sum()  # device tensors added on the device: no sync
+        counts[1] += hit.any(dim=1).sum()
+        counts[2] += labels.numel()  # known on the host
+        counts[3] += loss
     net.train(was_training)
-    counts = all_reduce_sum(counts)
-    n = counts[2].item()
+    top1, top5, n, loss_sum = all_reduce_sum(counts).tolist()  # the one host sync
     if n == 0:
         raise RuntimeError(f"evaluation read no samples from {getattr(reader.info, 'path', 'the split')}")
-    out = {"top1_err": 1 - counts[0].item() / n, "loss": counts[3].item() / n, "samples": int(n)}
+    out = {"top1_err": 1 - top1 / n, "loss": loss_sum / n, "samples": int(n)}
     if net.num_classes > 5:
-        out["top5_err"] = 1 - counts[1].item() / n
+        out["top5_err"] = 1 - top5 / n
     return out

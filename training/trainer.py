@@ -19,7 +19,7 @@ from bioscale.distributed import all_reduce_sum, init_distributed, local_device,
 from bioscale.distributed.gradient_sync import all_reduce_gradients
 from bioscale.training.checkpoint import CheckpointManager, check_compatible, load_weights
 from bioscale.training.config import ConfigError, ExperimentConfig
-from bioscale.training.divergence import check_step, check_weights
+from bioscale.training.divergence import DivergenceMonitor
 from bioscale.training.evaluation import evaluate
 from bioscale.training.host_memory import keep_freed_memory
 from bioscale.training.metrics import MetricsLogger
@@ -38,7 +38,8 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(cfg.out)
         keep_freed_memory()
         self.env = read_environment()
-        init_distributed(self.env, require_group=cfg.distributed.backend == "deepspeed")
+        # The backend follows the device chosen (distributed.device=cpu on a GPU node: gloo).
+        init_distributed(self.env, require_group=cfg.distributed.backend == "deepspeed", device=cfg.distributed.device)
         self.device = local_device(self.env, cfg.distributed.device)
         self.is_main = self.env.rank == 0
         self.autocast = torch.bfloat16 if cfg.distributed.precision == "bf16" else None
@@ -60,7 +61,10 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.run_dir, keep=cfg.train.keep_checkpoints)
         self.step, self.epoch = 0, 0
         self.history: list[dict[str, Any]] = []
-        self.epoch_stats = torch.zeros(3, dtype=torch.float64)  # errors, samples, loss this epoch
+        # Errors, samples, summed loss this epoch: on the model's device, added to every step
+        # without a host sync, and the tensor the epoch-end all-reduce needs there (NCCL).
+        self.epoch_stats = self._new_epoch_stats()
+        self.divergence = DivergenceMonitor()
         # Noise for inverse losses and data order differ per rank; weights were seeded identically.
         torch.manual_seed(cfg.seed * 7919 + self.env.rank)
         random.seed(cfg.seed * 7919 + self.env.rank)
@@ -128,16 +132,21 @@ class Trainer:
             "epoch": self.epoch,
             "history": list(self.history),
             "reader": self.train_reader.state_dict(),
-            "epoch_stats": self.epoch_stats.clone(),
+            "epoch_stats": self.epoch_stats.to("cpu", copy=True),
             "config": self.cfg.to_dict(),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
         }
+        if self.device.type == "cuda":
+            # This rank's GPU only (get_rng_state_all would create a context on every visible
+            # GPU); it draws the inverse losses' noise on GPU runs.
+            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
         if not self.deepspeed:  # DeepSpeed saves (sharded) weights and optimizer state itself
             state.update(model=self.learner.state_dict(), optim=self.updater.state_dict())
         return state
 
-    def save_checkpoint(self):
-        check_weights(self.step, self.learner)  # never save NaN weights over the last good state
+    def save_checkpoint(self, out=None):
+        # never save NaN weights (or the state after a non-finite loss) over the last good state
+        self.divergence.check(self.step, out, self.learner)
         self.metrics.flush()
         if self.deepspeed:  # every rank writes its shard
             self.updater.save(
@@ -168,11 +177,14 @@ class Trainer:
             self.updater.load_state_dict(state["optim"])
         self.step, self.epoch, self.history = state["step"], state["epoch"], state["history"]
         self.train_reader.load_state_dict(state["reader"])
-        self.epoch_stats = state["epoch_stats"].to(torch.float64)
+        self.epoch_stats = state["epoch_stats"].to(self.device, torch.float64)
         # RNG states are per rank; rank 0's is restored, others re-seed from step.
         if self.env.rank == 0:
             torch.set_rng_state(state["rng"]["torch"].cpu())
             random.setstate(state["rng"]["python"])
+            # checkpoints of CPU runs (and older ones) have no CUDA state: the seed above stays
+            if self.device.type == "cuda" and "cuda" in state["rng"]:
+                torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
         else:
             torch.manual_seed(self.cfg.seed * 7919 + self.env.rank + self.step)
         if self.is_main:
@@ -225,63 +237,85 @@ class Trainer:
                 out = self.updater.step(x, y, phase)
             self.step += 1
             done += 1
-            check_step(self.step, out, self.learner)
-            n = y.numel()
-            errors = (out.logits.argmax(1) != y).sum().item()
-            self.epoch_stats += torch.tensor([errors, n, out.task_loss.item()], dtype=torch.float64)
+            # No host sync until a log step: statistics and the divergence flag stay on the
+            # device (on CUDA, .item() here would stall the launch queue every step).
+            n, errors = self._record_step(out, y)
             images_seen += n
             t_last = time.perf_counter()
             step_time += t_last - t0
-            progress.update(1, loss=out.task_loss.item() / max(n, 1))
             if self.step % cfg.train.log_every_steps == 0:
-                self._log_train(out, n, errors, images_seen, data_time, step_time)
+                loss = self._log_train(out, n, errors, images_seen, data_time, step_time)
+                progress.update(1, loss=loss)
                 data_time = step_time = 0.0
                 images_seen = 0
+            else:
+                progress.update(1)
             if (
                 cfg.train.angle_every_steps
                 and self.step % cfg.train.angle_every_steps == 0
                 and self.is_main
                 and not (self.deepspeed and cfg.distributed.zero_stage == 3)
             ):  # ZeRO-3: weights are sharded
+                self.divergence.check(self.step, out, self.learner)
                 angles = angles_to_bp(self.learner, x, y)
                 self.metrics.log_scalars(self.step, {f"layer{l}/angle_to_bp_deg": a for l, a in angles.items()})
             if cfg.train.checkpoint_every_steps and self.step % cfg.train.checkpoint_every_steps == 0:
-                self.save_checkpoint()
+                self.save_checkpoint(out)
             if done >= total:
                 break
         progress.close()
 
-    def _log_train(self, out, n, errors, images_seen, data_time, step_time):
-        # Per-sample means over the *global* batch: every rank reaches the same log steps,
-        # so one small all-reduce of the sums is safe here.
+    def _new_epoch_stats(self) -> torch.Tensor:
+        return torch.zeros(3, dtype=torch.float64, device=self.device)
+
+    def _record_step(self, out, y) -> tuple[int, torch.Tensor]:
+        """Add a step to the epoch's statistics and the divergence record, on the device
+        (no host sync). Returns the batch size and the device tensor of its errors."""
+        self.divergence.record(self.step, out)
+        n = y.numel()  # the shape is known on the host
+        errors = (out.logits.argmax(1) != y).sum()
+        self.epoch_stats += torch.stack(
+            [errors.to(torch.float64), _scalar(n, self.device), out.task_loss.to(torch.float64)]
+        )
+        return n, errors
+
+    def _log_train(self, out, n, errors, images_seen, data_time, step_time) -> float:
+        """Log this step's train/* (per-sample means over the global batch), perf/* and opt/*
+        scalars; the divergence check runs first. Returns train/loss (for the progress
+        bar). The one host sync of a log step is here (and the weights' scan)."""
+        # Every rank reaches the same log steps, so one small all-reduce of the sums is safe
+        # here; they are built on the model's device (NCCL refuses CPU tensors).
         local = sorted(out.trace.local_losses.items())
         inverse = sorted(out.inverse_losses.items())
-        sums = torch.tensor(
-            [out.task_loss.item(), errors, n] + [v.item() for _, v in local + inverse], dtype=torch.float64
-        )
-        sums = all_reduce_sum(sums)
-        total = max(sums[2].item(), 1)
+        values = [out.task_loss, errors, _scalar(n, self.device)] + [v for _, v in local + inverse]
+        reduced = all_reduce_sum(torch.stack([v.detach().reshape(()).to(torch.float64) for v in values]))
+        # one read-back for the sums and this rank's divergence record
+        *sums, flag = torch.cat([reduced, self.divergence.flag(self.device).reshape(1)]).tolist()
+        self.divergence.check(self.step, out, self.learner, flag=flag)
+        total = max(sums[2], 1)
         scalars = {
-            "train/loss": sums[0].item() / total,
-            "train/top1_err": sums[1].item() / total,
+            "train/loss": sums[0] / total,
+            "train/top1_err": sums[1] / total,
             "perf/images_per_sec": images_seen * self.env.world_size / max(data_time + step_time, 1e-9),
             "perf/data_time_pct": 100.0 * data_time / max(data_time + step_time, 1e-9),
         }
         for name, lr in self.updater.learning_rates().items():
             scalars[f"opt/lr_{name}"] = lr
         for i, (l, _) in enumerate(local):
-            scalars[f"layer{l}/local_loss"] = sums[3 + i].item() / total
+            scalars[f"layer{l}/local_loss"] = sums[3 + i] / total
         for i, (l, _) in enumerate(inverse):
-            scalars[f"layer{l}/inverse_loss"] = sums[3 + len(local) + i].item() / total
+            scalars[f"layer{l}/inverse_loss"] = sums[3 + len(local) + i] / total
         self.metrics.log_scalars(self.step, scalars)
-        check_weights(self.step, self.learner)
+        return scalars["train/loss"]
 
     def _end_epoch(self):
         stats = all_reduce_sum(self.epoch_stats.clone())
+        errors, samples, loss, flag = torch.cat([stats, self.divergence.flag(self.device).reshape(1)]).tolist()
+        self.divergence.check(self.step, None, self.learner, flag=flag)  # before evaluating NaN weights
         record: dict[str, float | None] = {
             "epoch": self.epoch,
-            "train_top1_err": stats[0].item() / max(stats[1].item(), 1),
-            "train_loss": stats[2].item() / max(stats[1].item(), 1),
+            "train_top1_err": errors / max(samples, 1),
+            "train_loss": loss / max(samples, 1),
         }
         for split, reader in self.eval_readers.items():
             res = evaluate(self.learner.net, reader, self.device, self.autocast)
@@ -324,6 +358,12 @@ class Trainer:
             write_result(self.run_dir, selection, self._result_extra())
             self.metrics.log_hparams(_hparams(self.cfg), selection.hparam_metrics(), step=self.step)
         return {**selection.to_dict(), **self._result_extra()}
+
+
+def _scalar(value: float, device: torch.device) -> torch.Tensor:
+    """A float64 scalar on `device` made by a fill kernel: `torch.tensor(value, device=cuda)`
+    would copy from pageable host memory, a synchronising transfer every step."""
+    return torch.full((), value, dtype=torch.float64, device=device)
 
 
 def _hparams(cfg: ExperimentConfig) -> dict:

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import json
 
-SUITES = ("layers", "data", "train", "scale", "ddp", "pool")
+SUITES = ("layers", "data", "train", "scale", "ddp", "pool", "gpu")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
