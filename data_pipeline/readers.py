@@ -20,7 +20,6 @@ from .reader_base import Reader
 from .transforms import resolve
 from .wds_reader import WdsReader
 
-
 log = logging.getLogger("bioscale.data")
 
 _PROBES: dict[str, str | None] = {}
@@ -59,7 +58,8 @@ def _probe(device: torch.device) -> str | None:
 
         @pipeline_def(batch_size=1, num_threads=1, device_id=index, prefetch_queue_depth=1)
         def probe():
-            return fn.constant(fdata=[1.0], shape=[1], dtype=types.DALIDataType.FLOAT, device="cpu").gpu()
+            ones = fn.constant(fdata=[1.0], shape=[1], dtype=types.DALIDataType.FLOAT, device="cpu")  # type: ignore[attr-defined]  # generated op, absent from DALI's stubs
+            return ones.gpu()
 
         pipe = probe()
         pipe.build()

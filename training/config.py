@@ -68,8 +68,8 @@ class DataConfig:
     path: str | None = None
     """Directory of the prepared shards (with manifest.json per split); `--data` sets it."""
     reader: str = "auto"
-    """Shard reader: auto (DALI when importable — GPU decode on GPU, and less CPU per image than PIL
-    on CPU — else WebDataset) | wds | dali."""
+    """Shard reader: auto (DALI when it loads and can open the device — GPU decode on GPU, and less CPU
+    per image than PIL on CPU — else WebDataset, with one warning line saying why) | wds | dali."""
     batch_size_per_rank: int = 128
     """Training batch per process; the global batch is this × world size."""
     eval_batch_size_per_rank: int | None = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import statistics
 import tempfile
 import time
@@ -168,7 +169,10 @@ def measure_training(args, device, clock, archs, rules, precisions, log) -> dict
                     "params_m": round(sum(p.numel() for p in learner.parameters()) / 1e6, 2),
                 }
                 results.setdefault(arch, {}).setdefault(precision, {})[rule] = entry
-                log(f"  {key:40s} {ms:9.2f} ms/step {entry['images_per_s']:9.1f} images/s  peak {entry['peak_mem_gib']} GiB")
+                log(
+                    f"  {key:40s} {ms:9.2f} ms/step {entry['images_per_s']:9.1f} images/s"
+                    f"  peak {entry['peak_mem_gib']} GiB"
+                )
                 del learner, updater, x, y
                 _free(device)
     return results
@@ -181,15 +185,15 @@ def measure_peaks(device: torch.device, clock: Clock) -> dict:
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
-        ms = clock.median_ms(lambda a=a, b=b: a @ b, 2, 5)
+        ms = clock.median_ms(functools.partial(torch.matmul, a, b), 2, 5)
         out[f"measured_{name}_tflops"] = round(2 * n**3 / (ms / 1e3) / 1e12, 3)
         del a, b
     numel = (2**28 if device.type == "cuda" else 2**23) // 4  # 256 MiB on GPU, 8 MiB on CPU (fp32)
     src = torch.empty(numel, device=device)
     dst = torch.empty_like(src)
-    ms = clock.median_ms(lambda: dst.copy_(src), 2, 5)
-    out["measured_gbytes_per_s"] = round(2 * src.numel() * 4 / (ms / 1e3) / 1e9, 1)
-    del src, dst
+    ms = clock.median_ms(functools.partial(dst.copy_, src), 2, 5)
+    out["measured_gbytes_per_s"] = round(2 * numel * 4 / (ms / 1e3) / 1e9, 1)
+    src = dst = torch.empty(0)
     spec = None
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -212,7 +216,7 @@ def measure_lc_layers(args, device, clock, archs, precisions, peaks, log) -> dic
         layers = _lc_modules(learner.net)
         inputs: dict[int, torch.Size] = {}
         hooks = [
-            m.register_forward_hook(lambda mod, inp, out, i=i: inputs.__setitem__(i, inp[0].shape))
+            m.register_forward_hook(lambda mod, inp, out, i=i, inputs=inputs: inputs.__setitem__(i, inp[0].shape))
             for i, m in enumerate(layers)
         ]
         with torch.no_grad():
@@ -236,7 +240,9 @@ def measure_lc_layers(args, device, clock, archs, precisions, peaks, log) -> dic
                 act = 2 if precision == "bf16" else 4
                 positions, out_ch, fan_in = layer.weight.shape
                 flops = 6.0 * x.shape[0] * positions * out_ch * fan_in
-                traffic = act * 3.0 * (x.numel() + dy.numel()) + layer.weight.element_size() * 3.0 * layer.weight.numel()
+                traffic = (
+                    act * 3.0 * (x.numel() + dy.numel()) + layer.weight.element_size() * 3.0 * layer.weight.numel()
+                )
                 rows.append(
                     {
                         "layer": i + 1,
@@ -345,7 +351,6 @@ def profile_split(args, device, clock, arch: str, rule: str, precision: str) -> 
         if value > 0:
             us[_category(evt)] += value
     total = sum(us.values()) or 1.0
-    del learner, updater, x, y
     _free(device)
     return {
         "arch": arch,
@@ -375,18 +380,29 @@ def measure_dali(args, device, log) -> dict:
         import os
 
         shards = synthetic_shards(
-            Path(tmp), train=args.dali_images, test=0, val=0, size=side, shard_size=256,
+            Path(tmp),
+            train=args.dali_images,
+            test=0,
+            val=0,
+            size=side,
+            shard_size=256,
             workers=min(8, os.cpu_count() or 1),
         )
         batch = args.batch if gpu else min(args.batch, 8)
         reader = build_reader(
-            open_split(shards / "train"), kind="dali", train=True, batch_size=batch, augment="crop",
-            image_size=args.size, num_workers=min(8, os.cpu_count() or 1), device=str(device),
+            open_split(shards / "train"),
+            kind="dali",
+            train=True,
+            batch_size=batch,
+            augment="crop",
+            image_size=args.size,
+            num_workers=min(8, os.cpu_count() or 1),
+            device=str(device),
         )
 
         def epoch() -> int:
             n = 0
-            for images, labels in reader:
+            for _images, labels in reader:
                 n += labels.numel()
             if gpu:
                 torch.cuda.synchronize(device)
@@ -398,11 +414,15 @@ def measure_dali(args, device, log) -> dict:
             t0 = time.perf_counter()
             n = epoch()
             rates.append(n / (time.perf_counter() - t0))
-        del reader
     rate = statistics.median(rates)
     log(f"  DALI {decode} decode + crop {args.size}: {rate:.0f} images/s ({args.dali_images} JPEGs ~{side} px)")
-    return {"decode": decode, "images_per_s": round(rate, 1), "images": args.dali_images, "source_side": side,
-            "batch": batch}
+    return {
+        "decode": decode,
+        "images_per_s": round(rate, 1),
+        "images": args.dali_images,
+        "source_side": side,
+        "batch": batch,
+    }
 
 
 # ------------------------------------------------------------------------------------ entry
@@ -432,8 +452,10 @@ def run(args: argparse.Namespace) -> dict:
     log = lambda line: print(line, flush=True)
     clock = Clock(device)
     name = torch.cuda.get_device_name(device) if gpu else "cpu"
-    log(f"bench gpu on {name}: {', '.join(archs)} at {args.size}x{args.size}, batch {args.batch}, "
-        f"{'/'.join(precisions)}, {args.warmup} warm-up + {args.reps} timed steps")
+    log(
+        f"bench gpu on {name}: {', '.join(archs)} at {args.size}x{args.size}, batch {args.batch}, "
+        f"{'/'.join(precisions)}, {args.warmup} warm-up + {args.reps} timed steps"
+    )
     result: dict[str, Any] = {
         "device": device.type,
         "device_name": name,
@@ -450,8 +472,10 @@ def run(args: argparse.Namespace) -> dict:
     }
     peaks = measure_peaks(device, clock)
     result["peak"] = peaks
-    log(f"  peaks: GEMM fp32 {peaks['measured_fp32_tflops']} / bf16 {peaks['measured_bf16_tflops']} TFLOP/s, "
-        f"copy {peaks['measured_gbytes_per_s']} GB/s (measured); data sheet {peaks['spec']}")
+    log(
+        f"  peaks: GEMM fp32 {peaks['measured_fp32_tflops']} / bf16 {peaks['measured_bf16_tflops']} TFLOP/s, "
+        f"copy {peaks['measured_gbytes_per_s']} GB/s (measured); data sheet {peaks['spec']}"
+    )
     if "train" not in skip:
         result["throughput"] = measure_training(args, device, clock, archs, rules, precisions, log)
     if "layers" not in skip:
@@ -462,8 +486,10 @@ def run(args: argparse.Namespace) -> dict:
             arch: profile_split(args, device, clock, arch, profile_rule, precisions[-1]) for arch in archs
         }
         for arch, split in result["profile"].items():
-            log(f"  profile {arch}/{split['precision']}/{split['rule']}: "
-                + ", ".join(f"{k} {v}%" for k, v in split["pct"].items()))
+            log(
+                f"  profile {arch}/{split['precision']}/{split['rule']}: "
+                + ", ".join(f"{k} {v}%" for k, v in split["pct"].items())
+            )
     if "dali" not in skip:
         try:
             result["dali"] = measure_dali(args, device, log)
