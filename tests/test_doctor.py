@@ -4,6 +4,7 @@ learning rule's step is listed; --device cuda (no GPU here) exits 1 with the rea
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -18,8 +19,18 @@ def _doctor(*args: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=300,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        env={**_plain_environment(), "OMP_NUM_THREADS": "1"},
     )
+
+
+# What the process-environment reader takes as a launcher; an earlier test in the same
+# pytest process may have left some set, and doctor would then report that launcher.
+LAUNCHER_PREFIXES = ("SLURM_", "TORCHELASTIC_", "OMPI_", "PMI_", "PMIX_")
+LAUNCHER_NAMES = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT"}
+
+
+def _plain_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in LAUNCHER_NAMES and not k.startswith(LAUNCHER_PREFIXES)}
 
 
 def test_doctor_cpu_checks_every_rule():
