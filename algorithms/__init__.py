@@ -1,4 +1,4 @@
-"""Learning rules (BP, FA, DFA, DTP, SDTP, AO-SDTP) as what crosses each block boundary
+"""Learning rules (BP, FA, DFA, DTP, SDTP, AO-SDTP, sign-symmetry, Kolen–Pollack) as what crosses each block boundary
 in the backward pass; inverse losses; schedules; optimizers; BP-angle diagnostics.
 
 Knows nothing of data or the cluster."""
@@ -31,7 +31,13 @@ __all__ = [
     "build_rule",
 ]
 
-from bioscale.algorithms.diagnostics import angles_to_bp, bp_directions, update_directions  # noqa: E402
+from bioscale.algorithms.diagnostics import (  # noqa: E402
+    angles_to_bp,
+    bp_directions,
+    feedback_angles,
+    signal_cosines,
+    update_directions,
+)
 from bioscale.algorithms.optim import Updater  # noqa: E402
 
-__all__ += ["Updater", "angles_to_bp", "bp_directions", "update_directions"]
+__all__ += ["Updater", "angles_to_bp", "bp_directions", "feedback_angles", "signal_cosines", "update_directions"]

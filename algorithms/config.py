@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-RULES = ("bp", "fa", "dfa", "dtp", "sdtp", "aosdtp")
+RULES = ("bp", "fa", "dfa", "dtp", "sdtp", "aosdtp", "signsym", "kp")
 TP_RULES = ("dtp", "sdtp", "aosdtp")
 """The target-propagation rules: those that learn inverses g_l (and so take an inverse
 loss, σ and a schedule). `rules.Rule.target_propagation` is derived from this tuple."""
@@ -19,7 +19,9 @@ INVERSE_LOSSES = ("denoising", "noise_preserving")
 @dataclass
 class RuleConfig:
     rule: str = "sdtp"
-    """Learning rule: bp | fa | dfa | dtp | sdtp | aosdtp."""
+    """Learning rule: bp | fa | dfa | dtp | sdtp | aosdtp | signsym (sign-symmetric feedback
+    s·sign(W_l), Liao et al. 2016 / Xiao et al. 2018) | kp (Kolen–Pollack: trained feedback
+    B_l that gets W_l's gradient, plus decay; Akrout et al. 2019)."""
     schedule: str | None = None
     """TP rules only: 'parallel' (forward and inverse losses every batch) or 'alternating'
     (one full epoch of inverse training, then one of forward training). Default parallel."""
@@ -33,8 +35,15 @@ class RuleConfig:
     loss *summed* over the batch (Lee et al. used the batch mean: their α equals ours × batch). Default 0.1."""
     aux_dim: int | None = None
     """AO-SDTP only: units of the fixed random auxiliary output z = R h_{L-1}. Default 512."""
+    kp_decay: float | None = None
+    """KP only: decoupled weight decay λ of W_l and B_l for every layer l ≥ 2 (those with a
+    feedback matrix): each step p ← p − lr·λ·p before the Adam update (torch's
+    `decoupled_weight_decay`, AdamW), so B_l − W_l shrinks by exactly (1 − lr·λ) per step
+    (W and B get equal gradients, hence equal Adam states and updates). Biases and W_1 are
+    not decayed; optim.forward.weight_decay does not apply to the decayed weights. Default 0.1."""
     feedback_seed: int = 1234
-    """FA/DFA: seed of the fixed random feedback matrices; AO-SDTP: of the auxiliary projection."""
+    """FA/DFA: seed of the fixed random feedback matrices; KP: of the initial B_l; AO-SDTP: of
+    the auxiliary projection."""
 
 
 @dataclass

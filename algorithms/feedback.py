@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from bioscale.models.amp import autocast_backward, autocast_forward
+
 
 class FeedbackTrace:
     """Per-step side channel shared by the boundaries of one forward/backward pass."""
@@ -38,11 +40,13 @@ class TraceGap(torch.autograd.Function):
     """Identity on h_l; in backward records the local loss ½‖δ_l‖² of layer l."""
 
     @staticmethod
+    @autocast_forward
     def forward(ctx, h, layer, trace):
         ctx.layer, ctx.trace = layer, trace
         return h.view_as(h)
 
     @staticmethod
+    @autocast_backward
     def backward(ctx, grad):
         scale = ctx.trace.scale
         delta = grad.detach() if scale == 1.0 else grad.detach() / scale
@@ -53,22 +57,25 @@ class TraceGap(torch.autograd.Function):
 class DifferenceTarget(torch.autograd.Function):
     """DTP/SDTP below the top: δ_{l-1} = g_l(h_l) − g_l(h_l − δ_l),
     i.e. ĥ_{l-1} = h_{l-1} − g_l(h_l) + g_l(ĥ_l). g_l is called as a module (never
-    its parameters directly: under ZeRO-3 they are empty outside a module call)."""
+    its parameters directly: under ZeRO-3 they are empty outside a module call), through
+    `inverse_difference`, which keeps the difference in float32 under bf16 autocast."""
 
     @staticmethod
+    @autocast_forward
     def forward(ctx, a, h_prev, block, trace):
         ctx.save_for_backward(a)
         ctx.block, ctx.trace = block, trace
         return a.view_as(a)
 
     @staticmethod
+    @autocast_backward
     def backward(ctx, grad):
         (h,) = ctx.saved_tensors
         c = ctx.trace.scale
         with torch.no_grad():
+            # g(h) − g(h − δ), δ = grad / c, formed without cancellation (bf16: blocks.py);
             # c = 1 (the usual case) skips two passes over δ and the signal
-            target = h - grad if c == 1.0 else h - grad / c
-            signal = ctx.block.inverse(h).sub_(ctx.block.inverse(target))
+            signal = ctx.block.inverse_difference(h, grad if c == 1.0 else grad / c)
             if c != 1.0:
                 signal.mul_(c)
         return grad, signal, None, None
@@ -79,11 +86,13 @@ class FixedTopSignal(torch.autograd.Function):
     the incoming gradient is ignored for the signal (it still trains the output layer)."""
 
     @staticmethod
+    @autocast_forward
     def forward(ctx, logits, h_prev, delta, trace):
         ctx.delta, ctx.trace = delta, trace
         return logits.view_as(logits)
 
     @staticmethod
+    @autocast_backward
     def backward(ctx, grad):
         return grad, ctx.trace.scale * ctx.delta, None, None
 
@@ -92,11 +101,13 @@ class ScaleGrad(torch.autograd.Function):
     """Identity forward, gradient × α backward (DTP's penultimate target h − α ∂L/∂h)."""
 
     @staticmethod
+    @autocast_forward
     def forward(ctx, h, alpha):
         ctx.alpha = alpha
         return h.view_as(h)
 
     @staticmethod
+    @autocast_backward
     def backward(ctx, grad):
         return grad * ctx.alpha, None
 
@@ -107,12 +118,14 @@ class DirectFeedback(torch.autograd.Function):
     cross-entropy) in the trace; lower boundaries read it (autograd runs them later)."""
 
     @staticmethod
+    @autocast_forward
     def forward(ctx, a, h_prev, feedback, trace, is_top):
         ctx.save_for_backward(feedback)
         ctx.trace, ctx.is_top, ctx.prev_shape = trace, is_top, h_prev.shape
         return a.view_as(a)
 
     @staticmethod
+    @autocast_backward
     def backward(ctx, grad):
         (feedback,) = ctx.saved_tensors
         if ctx.is_top:

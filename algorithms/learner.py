@@ -54,6 +54,7 @@ class Learner(nn.Module):
         generator = torch.Generator().manual_seed(feedback_seed)
         for name, tensor in rule.init_feedback(net, generator).items():
             self.register_buffer(name, tensor.to(net.output_block.layer.weight.device))
+        rule.attach_feedback(net, generator)  # trained feedback (KP): parameters of the layers
 
     @property
     def feedback(self) -> dict[str, torch.Tensor]:

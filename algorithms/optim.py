@@ -15,16 +15,35 @@ from bioscale.algorithms.config import AdamConfig, OptimConfig
 from bioscale.algorithms.learner import Learner, StepOutput
 
 
+def param_groups(params, weight_decay: float = 0.0) -> list[dict]:
+    """Split `params` into optimizer groups by the `decoupled_decay` attribute a rule may set
+    on a parameter (KP sets it on W_l and B_l): those get that decay as decoupled weight decay
+    (p ← p − lr·λ·p, torch's `decoupled_weight_decay=True`), the rest `weight_decay` as usual.
+    One group when nothing is tagged. Under SGD, whose weight decay is coupled, the tagged
+    group's update is the same p − lr·(g + λp)."""
+    params = list(params)
+    plain = [p for p in params if getattr(p, "decoupled_decay", None) is None]
+    groups = [{"params": plain, "weight_decay": weight_decay}] if plain or not params else []
+    by_decay: dict[float, list] = {}
+    for p in params:
+        if getattr(p, "decoupled_decay", None) is not None:
+            by_decay.setdefault(float(p.decoupled_decay), []).append(p)
+    for decay, tagged in by_decay.items():
+        groups.append({"params": tagged, "weight_decay": decay, "decoupled_weight_decay": True})
+    return groups
+
+
 def _adam(params, cfg: AdamConfig) -> torch.optim.Adam:
     if not cfg.lr > 0:
         raise ValueError(f"learning rate must be > 0, got {cfg.lr}")
     params = list(params)
-    # On CUDA the fused kernel: one launch for the whole group instead of several
-    # elementwise passes over the Adam state (the largest memory traffic of an LC step).
-    # Same update rule; on CPU the default (foreach/for-loop) path keeps today's numbers.
-    fused = bool(params) and all(p.device.type == "cuda" for p in params)
+    # The fused kernel, on CUDA and on CPU: one pass over each parameter's Adam state
+    # instead of several elementwise passes (the largest memory traffic of an LC step;
+    # on CPU 16.2 → 2.9 ms per SDTP step of iclr_mnist_lc, BENCHMARKS.md). Same update
+    # rule; its float32 rounding differs from the foreach path's in the last bits.
+    fused = bool(params) and all(p.device.type in ("cuda", "cpu") for p in params)
     return torch.optim.Adam(
-        params,
+        param_groups(params, cfg.weight_decay),
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
         eps=cfg.eps,

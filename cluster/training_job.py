@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import submitit
@@ -58,7 +59,10 @@ class TrainingJob(submitit.helpers.Checkpointable):
         # on restart the trainer resumes from the newest periodic checkpoint.
         from bioscale.training.checkpoint import CheckpointManager
 
-        records = CheckpointManager(self.config["out"]).records()  # reads the marker only, no weights
+        out = self.config["out"]
+        # reads the marker only, no weights (a pipeline run keeps one per stage: stage 0's)
+        staged = (Path(out) / "checkpoints" / "stage0").is_dir()
+        records = CheckpointManager(out, subdir="checkpoints/stage0" if staged else "checkpoints").records()
         marker = f"step {records[-1].step}" if records else "none yet (the run restarts from step 0)"
         log.warning(
             "%s: preempted or timed out; requeueing, will resume from the last periodic checkpoint, %s",

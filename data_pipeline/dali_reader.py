@@ -19,6 +19,8 @@ member, and with on_error="skip" rebuilds the pipeline without them.
 from __future__ import annotations
 
 import io
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -30,20 +32,44 @@ from .reader_base import Reader
 from .wds_reader import decode_pil
 
 PREFETCH = 2
+AHEAD = PREFETCH + 2
+"""Batches the feeder's thread prepares ahead of the one DALI asks for."""
 
 
 class _Feeder:
     """Prepares batch j (bytes, crop boxes, flips, labels) once and hands it
-    to DALI in order, skipping batches left with no samples."""
+    to DALI in order, skipping batches left with no samples.
+
+    The preparation (reading each sample from its shard, parsing JPEG headers for the crop
+    boxes) runs on one thread of its own, `AHEAD` batches in front of DALI: DALI calls the
+    source from the thread that runs the pipeline, which is the training loop's, and there
+    this per-batch Python work would leave the GPU idle. One worker keeps the batches'
+    order and the skip bookkeeping sequential."""
 
     def __init__(self, reader: DaliReader, plan: EpochPlan, start: int, excluded: set[int]):
         self.reader, self.plan, self.excluded = reader, plan, excluded
-        self.cache: dict[int, dict] = {}
+        self.futures: dict[int, Future] = {}
         self.next_batch = start
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dali-feed")
+        self.lock = threading.Lock()  # futures is touched by DALI's caller and by `_batches`
 
     def prepare(self, j: int) -> dict:
-        if j in self.cache:
-            return self.cache[j]
+        """Batch j (waits for the feed thread); queues the next `AHEAD` batches behind it."""
+        with self.lock:
+            for k in range(j, min(j + AHEAD + 1, self.plan.num_batches)):
+                if k not in self.futures:
+                    self.futures[k] = self.pool.submit(self._prepare, k)
+            future = self.futures[j]
+        return future.result()
+
+    def done(self, j: int) -> None:
+        with self.lock:
+            self.futures.pop(j, None)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _prepare(self, j: int) -> dict:
         r = self.reader
         draws = self.plan.draws(j)
         batch: dict[str, list[Any]] = {"ids": [], "data": [], "anchor": [], "shape": [], "flip": [], "labels": []}
@@ -67,7 +93,6 @@ class _Feeder:
             batch["anchor"].append(np.array(params.offset or box[:2], dtype=np.int32))
             batch["shape"].append(np.array(box[2:], dtype=np.int32))
             batch["flip"].append(np.array(int(params.flip), dtype=np.int32))
-        self.cache[j] = batch
         return batch
 
     def _params(self, data: bytes, i: int, draws):
@@ -197,7 +222,7 @@ class DaliReader(Reader):
                         images = self._to_torch(pipe, pipe.run()[0])
                         labels = torch.tensor(batch["labels"], dtype=torch.int64, device=self.device)
                         yield images, labels
-                    feeder.cache.pop(j, None)
+                    feeder.done(j)
                     j += 1
             except RuntimeError as exc:
                 bad = self._locate(feeder, j)
@@ -213,3 +238,4 @@ class DaliReader(Reader):
                 excluded.update(i for i, _ in bad)  # rebuild at batch j without them
             finally:
                 del pipe
+                feeder.close()

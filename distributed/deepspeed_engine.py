@@ -25,6 +25,7 @@ import torch
 
 from bioscale.algorithms.config import OptimConfig
 from bioscale.algorithms.learner import Learner, StepOutput
+from bioscale.algorithms.optim import param_groups
 
 
 def deepspeed_config(zero_stage: int, micro_batch: int, precision: str) -> dict:
@@ -39,6 +40,16 @@ def deepspeed_config(zero_stage: int, micro_batch: int, precision: str) -> dict:
     }
     if precision == "bf16":
         cfg["bf16"] = {"enabled": True}
+        # Gradients reduced in float32 (DeepSpeed's default under bf16 is bf16), and for
+        # ZeRO 1-3 accumulated in float32 too (stage 0 refuses a float32 accumulator; its
+        # bf16 optimizer keeps float32 master weights). The rule's buffers (feedback
+        # matrices, AO-SDTP's projection) in bf16 with the weights: DeepSpeed casts only
+        # parameters unless told, and a float32 B against bf16 activations is a dtype error.
+        cfg["communication_data_type"] = "fp32"
+        data_types = {"buffer_dtype": "bf16"}
+        if zero_stage:
+            data_types["grad_accum_dtype"] = "fp32"
+        cfg["data_types"] = data_types
     return cfg
 
 
@@ -55,7 +66,11 @@ class DeepSpeedUpdater:
                 "cannot idle a parameter group for an epoch (Adam keeps moving it on momentum); "
                 "use distributed.backend=none for the alternating schedule"
             )
-        groups = [_group(learner.forward_parameters(), optim.forward, "forward")]
+        # one forward group, or more where a rule tags weights for decoupled decay (KP's W_l, B_l)
+        groups = [
+            {**_group(g["params"], optim.forward, "forward"), **{k: v for k, v in g.items() if k != "params"}}
+            for g in param_groups(learner.forward_parameters(), optim.forward.weight_decay)
+        ]
         inverse = learner.inverse_parameters()
         if inverse:
             groups.append(_group(inverse, optim.inverse, "inverse"))

@@ -2,6 +2,11 @@
 replicas), micro-batches in a 1F1B schedule, our own point-to-point send/recv over gloo
 (nccl on GPU).
 
+`distributed.backend=pipeline` in `bioscale train` runs on torch.distributed.pipelining
+instead (distributed/pipeline_engine.py); this one stays for the decoupled mode, which the
+library's schedules cannot express (they step nothing between micro-batches), and for
+`bioscale bench scale --engine own`. Point-to-point goes through `batch_isend_irecv` (NCCL-safe).
+
 Why our own schedule and not DeepSpeed's PipelineModule or torch.distributed.pipelining:
 both own the backward — they run autograd from a loss on the last stage and pass
 "the gradient" between stages, with one optimizer step at the end. Our rules need (1) each
@@ -231,20 +236,27 @@ class Pipeline:
         self.stats.staleness.append(self.version - rec.version)
 
     # ---- communication -----------------------------------------------------------------------
+    # NCCL-safe exchange: NCCL orders point-to-point per pair of ranks, so a send posted on
+    # its own can wait for a receive the peer has queued behind its own send (both ranks
+    # send first: deadlock; gloo matches by tag and never notices). Sends are therefore
+    # deferred and posted in one `batch_isend_irecv` group with this rank's next receive
+    # (or at the flush), the way torch.distributed.pipelining fuses its sends and receives.
     def _send(self, t: torch.Tensor, dst: int) -> None:
-        # isend: a blocking send could wait for a peer that is itself blocked sending to us.
-        self._pending.append(dist.isend(t.contiguous(), dst))
-        self._pending = [w for w in self._pending if not w.is_completed()]
+        self._pending.append(dist.P2POp(dist.isend, t.contiguous(), dst))
 
     def _recv(self, t: torch.Tensor, src: int) -> None:
         t0 = time.perf_counter()
-        dist.recv(t, src)
+        self._exchange([*self._pending, dist.P2POp(dist.irecv, t, src)])
         self.stats.wait_s += time.perf_counter() - t0
 
     def _flush_sends(self) -> None:
-        for w in self._pending:
-            w.wait()
+        self._exchange(self._pending)
+
+    def _exchange(self, ops: list) -> None:
         self._pending = []
+        if ops:
+            for work in dist.batch_isend_irecv(ops):
+                work.wait()
 
     # ---- updates -----------------------------------------------------------------------------
     def _step(self, phase: str) -> None:

@@ -24,7 +24,16 @@ METHODS = (
     ("dfa", None),
     ("bp", None),
 )
-RULE_NAMES = {"dtp": "DTP", "sdtp": "SDTP", "aosdtp": "AO-SDTP", "fa": "FA", "dfa": "DFA", "bp": "BP"}
+RULE_NAMES = {
+    "dtp": "DTP",
+    "sdtp": "SDTP",
+    "aosdtp": "AO-SDTP",
+    "fa": "FA",
+    "dfa": "DFA",
+    "bp": "BP",
+    "signsym": "Sign-symmetry",
+    "kp": "Kolen–Pollack",
+}
 
 
 @dataclass(frozen=True)
@@ -471,6 +480,59 @@ _register(
         {"small": _small(2, 50, "train.angle_every_steps=0"), **_paper_budget()},
         top5=True,
         paper_note="ICLR reports top-1 only, after 18 epochs.",
+    )
+)
+
+
+# ---- beyond the paper: the later FA variants and LC weight sharing (configs/later_rules) ----
+LATER_RULES = ("signsym", "kp")
+
+
+def _later_rows(folder: str, kind: str, archs: tuple[str, ...]) -> tuple[Row, ...]:
+    """signsym and kp on each of the ICLR nets `archs`, then BP on the LC net with instant
+    weight sharing every 10 steps (arch label lc_ws)."""
+    rows = [
+        Row(rule, None, arch, f"iclr_{kind}_{arch}", f"later_rules/{folder}/{arch}_{rule}.yaml")
+        for arch in archs
+        for rule in LATER_RULES
+    ]
+    rows.append(Row("bp", None, "lc_ws", f"iclr_{kind}_lc", f"later_rules/{folder}/lc_ws_bp.yaml"))
+    return tuple(rows)
+
+
+_LATER_TITLES = {"fc": "ICLR FC (7×240)", "lc": "ICLR LC", "lc_ws": "ICLR LC, weights shared every 10 steps"}
+_register(
+    Table(
+        "later-fashion-mnist",
+        "Fashion-MNIST, beyond the paper: sign-symmetry, Kolen–Pollack, LC weight sharing",
+        "fashion-mnist",
+        _later_rows("fashion_mnist", "mnist", ("fc", "lc")),
+        {
+            "small": TABLES["fashion-mnist"].budgets["small"],
+            "full": Budget(
+                epochs=30,
+                seeds=3,
+                search=Search(),
+                one_seed=("fc_*",),
+                overrides=("data.eval_batch_size_per_rank=500", "train.angle_every_steps=400"),
+                note="the fashion-mnist table's full protocol (search over Table 4's Adam space, 30 epochs, "
+                "model selection over 5 epochs); read next to that table's FA, BP and conv rows",
+            ),
+        },
+        paper_note="No paper numbers: these rules and weight sharing came after the paper.",
+        arch_titles=_LATER_TITLES,
+    )
+)
+_register(
+    Table(
+        "later-imagenet",
+        "ImageNet, beyond the paper: sign-symmetry, Kolen–Pollack, LC weight sharing on the ICLR LC net",
+        "imagenet",
+        _later_rows("imagenet", "imagenet", ("lc",)),
+        {"small": _small(2, 50, "train.angle_every_steps=0"), **_paper_budget()},
+        top5=True,
+        paper_note="No paper numbers; compare with the imagenet table's ICLR rows (same net, 18 epochs).",
+        arch_titles=_LATER_TITLES,
     )
 )
 

@@ -25,6 +25,22 @@ from bioscale.models.pooling import AvgPool
 Shape = tuple[int, ...]
 
 
+def tanh_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """tanh(a) − tanh(a − b), in float32 at least (float64 stays float64).
+
+    The difference targets' g(u) − g(u − d) with g = tanh(V·u + c): by linearity
+    a = V·u + c and b = V·d come from two products, and the cancellation happens here,
+    in float32, instead of between two bf16 values of g (where a small d vanishes:
+    measured, DTP's signals at α = 1.273e-3 then have cosine 0.009 with float64's;
+    BENCHMARKS.md "bf16 difference targets"). Two tanh, as g(u) and g(u − d) were: the
+    cancellation-free tanh(b)·(1 − tanh(a)·tanh(a − b)) costs a third, and tanh is this
+    CPU's slowest elementwise op (7× sigmoid, measured); float32's own cancellation only
+    shows for far smaller d than the configs give (BENCHMARKS.md)."""
+    wide = torch.promote_types(a.dtype, torch.float32)
+    a, b = a.to(wide), b.to(wide)
+    return torch.tanh(a).sub_(torch.sub(a, b).tanh_())
+
+
 class HiddenBlock(nn.Module):
     def __init__(
         self,
@@ -57,6 +73,17 @@ class HiddenBlock(nn.Module):
             raise RuntimeError(f"{self._name()} was built without an inverse")
         u = self.pool.adjoint(h) if self.pool is not None else h
         return torch.tanh(self.inverse_layer(u)).reshape(-1, *self.in_shape)
+
+    def inverse_difference(self, h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """g(h) − g(h − d) without forming h − d or subtracting two values of g (see
+        `tanh_difference`); float32 under bf16 autocast. Two calls of the inverse layer, as
+        g(h) and g(h − d) would be (module calls: ZeRO-3 gathers the weights in each)."""
+        if self.inverse_layer is None:
+            raise RuntimeError(f"{self._name()} was built without an inverse")
+        pool = self.pool.adjoint if self.pool is not None else (lambda t: t)
+        a = self.inverse_layer(pool(h))
+        b = self.inverse_layer(pool(d), add_bias=False)
+        return tanh_difference(a, b).reshape(-1, *self.in_shape)
 
 
 class OutputBlock(nn.Module):
@@ -105,6 +132,18 @@ class OutputBlock(nn.Module):
             raise ValueError("the output inverse reads [p, z] exactly when the block has an auxiliary output")
         u = p if z is None else torch.cat([p, z], dim=1)
         return torch.tanh(self.inverse_layer(u)).reshape(-1, *self.in_shape)
+
+    def inverse_difference(self, p: torch.Tensor, d: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """g(p[, z]) − g(p − d[, z]) as `HiddenBlock.inverse_difference` (z is the same in
+        both, so it enters only the first product)."""
+        if self.inverse_layer is None:
+            raise RuntimeError("output block was built without an inverse")
+        if (z is None) != (self.aux_dim == 0):
+            raise ValueError("the output inverse reads [p, z] exactly when the block has an auxiliary output")
+        u, ud = (p, d) if z is None else (torch.cat([p, z], dim=1), torch.cat([d, torch.zeros_like(z)], dim=1))
+        a = self.inverse_layer(u)
+        b = self.inverse_layer(ud, add_bias=False)
+        return tanh_difference(a, b).reshape(-1, *self.in_shape)
 
 
 def dense_block(in_shape: Shape, units: int, with_inverse: bool, device=None, dtype=None) -> HiddenBlock:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import torch.nn.grad
 from torch import nn
 
+from bioscale.models.amp import autocast_backward, autocast_forward
 from bioscale.models.geometry import SlidingWindow
 from bioscale.models.init import GlorotInit
 
@@ -37,24 +38,33 @@ class _ConvFeedback(torch.autograd.Function):
     """Convolution with W forward; input gradient through the transpose with B."""
 
     @staticmethod
+    @autocast_forward(cast_inputs=True)
     def forward(ctx, x, weight, bias, feedback, layer):
         xp = layer._pad(x)
-        ctx.save_for_backward(xp if weight.requires_grad else None, feedback)
+        # a trained feedback (Kolen–Pollack) gets the weight's gradient, so it needs xp too;
+        # needs_input_grad, not .requires_grad: under autocast this forward sees detached casts
+        ctx.save_for_backward(xp if ctx.needs_input_grad[1] or ctx.needs_input_grad[3] else None, feedback)
         ctx.layer, ctx.weight_shape = layer, weight.shape
         return F.conv2d(xp, weight, bias, stride=layer.stride)
 
     @staticmethod
+    @autocast_backward
     def backward(ctx, grad):
         xp, feedback = ctx.saved_tensors
         layer = ctx.layer
         gx = layer._adjoint(grad, feedback) if ctx.needs_input_grad[0] else None
         gw = (
             torch.nn.grad.conv2d_weight(xp, ctx.weight_shape, grad, stride=layer.stride)
-            if ctx.needs_input_grad[1]
+            if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]
             else None
         )
         gb = grad.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
-        return gx, gw, gb, None, None
+        gfb = None
+        if ctx.needs_input_grad[3]:  # Kolen–Pollack: B gets exactly W's gradient (its own tensor)
+            assert gw is not None
+            gfb = gw.clone() if ctx.needs_input_grad[1] else gw
+            gw = gw if ctx.needs_input_grad[1] else None
+        return gx, gw, gb, gfb, None
 
 
 class Conv2dSame(GlorotInit, _ConvGeometry):
@@ -80,7 +90,8 @@ class Conv2dSame(GlorotInit, _ConvGeometry):
         self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
 
-    def forward(self, x: torch.Tensor, feedback_weight: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, feedback_weight=None) -> torch.Tensor:
+        feedback_weight = self.resolve_feedback(feedback_weight)  # a callable: evaluated on the layer here
         if feedback_weight is not None:
             return _ConvFeedback.apply(x, self.weight, self.bias, feedback_weight, self)
         return F.conv2d(self._pad(x), self.weight, self.bias, stride=self.stride)
@@ -111,6 +122,7 @@ class ConvTranspose2dSame(GlorotInit, _ConvGeometry):
         self.bias = nn.Parameter(torch.zeros(in_channels, 1, 1, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, add_bias: bool = True) -> torch.Tensor:
+        """`add_bias=False`: the linear part alone (difference targets use it: blocks.py)."""
         x = self._adjoint(y, self.weight)
-        return x + self.bias if self.bias is not None else x
+        return x + self.bias if self.bias is not None and add_bias else x

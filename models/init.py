@@ -32,6 +32,16 @@ class GlorotInit:
     weight: nn.Parameter
     bias: nn.Parameter | None
 
+    def resolve_feedback(self, feedback_weight):
+        """A callable `feedback_weight` is called with this layer, here, inside the layer's
+        own module call, and its result used as the feedback matrix; anything else is used as
+        given. Rules whose feedback is made from the layer's parameters (KP's trained B,
+        sign-symmetry's s·sign(W)) pass one: under ZeRO-3 the parameters are gathered only
+        inside the module call, and a parameter passed as a module *input* would have its
+        gradient pass DeepSpeed's post-backward hook, which re-partitions the layer before
+        that gradient is accumulated."""
+        return feedback_weight(self) if callable(feedback_weight) else feedback_weight
+
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         fan_in, fan_out = (self.fan_out, self.fan_in) if self.transposed else (self.fan_in, self.fan_out)
         glorot_uniform_(self.weight, fan_in, fan_out, generator)

@@ -27,6 +27,8 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from bioscale.models.amp import autocast_backward, autocast_forward
+
 
 class Geometry:
     """Output size, padding and, per kernel tap, the valid output range and the input slice it reads."""
@@ -221,11 +223,13 @@ class Unfold(torch.autograd.Function):
     """Autograd unfold (H, W, C, N) -> (L, K, N); backward is `Fold`."""
 
     @staticmethod
+    @autocast_forward(cast_inputs=True)
     def forward(ctx, x, g: Geometry):
         ctx.g, ctx.channels = g, x.shape[2]
         return unfold_(x, g)
 
     @staticmethod
+    @autocast_backward
     def backward(ctx, grad):
         return Fold.apply(grad.contiguous(), ctx.g, ctx.channels), None
 
@@ -234,11 +238,13 @@ class Fold(torch.autograd.Function):
     """Autograd fold (L, K, N) -> (H, W, C, N); backward is `Unfold`."""
 
     @staticmethod
+    @autocast_forward(cast_inputs=True)
     def forward(ctx, cols, g: Geometry, channels: int):
         ctx.g = g
         return fold_(cols, g, channels)
 
     @staticmethod
+    @autocast_backward
     def backward(ctx, grad):
         return Unfold.apply(grad.contiguous(), ctx.g), None, None
 
@@ -257,13 +263,12 @@ class LCLinear(torch.autograd.Function):
     (k/s)²-times larger unfold and backward rebuilds the columns."""
 
     @staticmethod
+    @autocast_forward(cast_inputs=True)
     def forward(ctx, x, weight, bias, feedback, g: Geometry, recompute: bool):
         bias_lo1 = None if bias is None else _bias_lo1(bias, g.num_positions)
-        if (
-            ctx.needs_input_grad[1]
-            and not recompute
-            and not _chunk_rows(g, weight.shape[2], x.shape[3], x.element_size())
-        ):
+        # a trained feedback (Kolen–Pollack) gets the weight's gradient: it needs the columns too
+        wants_gw = ctx.needs_input_grad[1] or ctx.needs_input_grad[3]
+        if wants_gw and not recompute and not _chunk_rows(g, weight.shape[2], x.shape[3], x.element_size()):
             cols = unfold_(x, g)  # small enough to keep: saved for the weight gradient
             out = torch.bmm(weight, cols) if bias_lo1 is None else torch.baddbmm(bias_lo1, weight, cols)
         else:
@@ -275,7 +280,7 @@ class LCLinear(torch.autograd.Function):
         ctx.channels, ctx.out_channels = x.shape[2], weight.shape[1]
         # Save only what the requested gradients read: autograd's version check then fires
         # exactly when a tensor the backward uses was modified in place.
-        needs_x, needs_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        needs_x, needs_w = ctx.needs_input_grad[0], wants_gw
         ctx.save_for_backward(
             (x if recompute else cols) if needs_w else None,
             (weight if feedback is None else feedback) if needs_x else None,
@@ -283,19 +288,24 @@ class LCLinear(torch.autograd.Function):
         return out.view(*g.output_size, weight.shape[1], x.shape[3])
 
     @staticmethod
+    @autocast_backward
     @once_differentiable  # the saved columns carry no graph: refuse double backward rather than get it wrong
     def backward(ctx, grad):
         saved, back = ctx.saved_tensors
         g, o = ctx.g, ctx.out_channels
         grad = to_hwcn(grad.permute(3, 2, 0, 1)).view(g.num_positions, o, -1)
-        gx = gw = gb = None
-        if ctx.needs_input_grad[1]:
+        gx = gw = gb = gfb = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
             gw = lc_weight_grad(grad, saved, g) if ctx.recompute else torch.bmm(grad, saved.transpose(1, 2))
+            if ctx.needs_input_grad[3]:  # Kolen–Pollack: B gets exactly W's gradient (its own tensor)
+                gfb = gw.clone() if ctx.needs_input_grad[1] else gw
+            if not ctx.needs_input_grad[1]:
+                gw = None
         if ctx.needs_input_grad[0]:
             gx = lc_adjoint(back, grad, g, ctx.channels)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = grad.sum(-1).t().reshape(o, *g.output_size)
-        return gx, gw, gb, None, None, None
+        return gx, gw, gb, gfb, None, None
 
 
 class LCTransposeLinear(torch.autograd.Function):
@@ -304,6 +314,7 @@ class LCTransposeLinear(torch.autograd.Function):
     The bias preloads the fold's accumulator (saves a pass over the output)."""
 
     @staticmethod
+    @autocast_forward(cast_inputs=True)
     def forward(ctx, y, weight, bias, g: Geometry, channels: int):
         num_pos, o, _ = weight.shape
         n = y.shape[-1]
@@ -318,6 +329,7 @@ class LCTransposeLinear(torch.autograd.Function):
         return out
 
     @staticmethod
+    @autocast_backward
     @once_differentiable
     def backward(ctx, grad):
         y2, weight = ctx.saved_tensors

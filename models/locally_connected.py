@@ -34,6 +34,12 @@ from bioscale.models.init import GlorotInit
 from bioscale.models.lc_ops import Geometry, LCLinear, LCTransposeLinear, to_hwcn
 
 
+def _mean_keep(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Mean over `dims` (kept), accumulated in float32 at least (bf16 weights)."""
+    wide = torch.promote_types(t.dtype, torch.float32)
+    return t.mean(dims, keepdim=True, dtype=wide).to(t.dtype)
+
+
 class _LCGeometry(SlidingWindow):
     """Shape bookkeeping and checks shared by the layer and its transpose."""
 
@@ -46,6 +52,40 @@ class _LCGeometry(SlidingWindow):
 
     def weight_shape(self) -> tuple[int, int, int]:
         return (self.num_positions, self.out_channels, self.fan_in)
+
+    def share_weights_(self) -> None:
+        """Instant weight sharing (the "sleep phase" of Pogodin et al. 2021, done exactly):
+        every position's filter becomes the average over all Ho·Wo positions, separately for
+        each (out-channel, kernel-tap) slot: weight[l, o, k] ← mean_l' weight[l', o, k]. The
+        untied bias is averaged over positions per channel, so afterwards the layer computes
+        a convolution (with its own padding rules) and the transpose a transposed
+        convolution with a per-channel bias. A weight-shaped trained feedback matrix on the
+        layer (`feedback_weight`, Kolen–Pollack's B) is averaged the same way. Taps of
+        border positions that read only padding are included in the average (a conv shares
+        them too). Positions stay untied: training moves them apart again until the next
+        call. In place, without autograd; under ZeRO-3 call it inside a gather of the
+        layer's parameters (training/weight_sharing.py)."""
+        self._set_every_position(lambda t, dims: _mean_keep(t, dims))
+
+    def tie_weights_(self) -> None:
+        """Copy position 0's filter (and bias) to every position: the tied start that
+        weight sharing needs. Averaging *independent* random filters over Ho·Wo positions
+        would shrink them by ~sqrt(Ho·Wo) (measured: BP on iclr_mnist_lc sharing every 10
+        steps from an untied init stays near chance on Fashion-MNIST), while position 0's
+        filter has the layer's Glorot scale, as a convolution's does."""
+        self._set_every_position(
+            lambda t, dims: t[tuple(slice(0, 1) if d in dims else slice(None) for d in range(t.dim()))]
+        )
+
+    def _set_every_position(self, pick) -> None:
+        with torch.no_grad():
+            for name in ("weight", "feedback_weight"):
+                p = getattr(self, name, None)
+                if isinstance(p, torch.Tensor):
+                    p.copy_(pick(p, (0,)).expand_as(p))
+            bias = getattr(self, "bias", None)
+            if isinstance(bias, torch.Tensor):
+                bias.copy_(pick(bias, (1, 2)).expand_as(bias))
 
     def _check(self, x: torch.Tensor, channels: int, size: tuple[int, int]) -> None:
         expected = (channels, *size)
@@ -91,9 +131,11 @@ class LocallyConnected2d(GlorotInit, _LCGeometry):
         )
         self.reset_parameters()
 
-    def forward(self, x: torch.Tensor, feedback_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """With `feedback_weight` (weight-shaped) the input gradient uses it instead of `weight`."""
+    def forward(self, x: torch.Tensor, feedback_weight=None) -> torch.Tensor:
+        """With `feedback_weight` (weight-shaped) the input gradient uses it instead of `weight`;
+        a callable is evaluated on the layer inside this call (`resolve_feedback`: KP, signsym)."""
         self._check(x, self.in_channels, self.input_size)
+        feedback_weight = self.resolve_feedback(feedback_weight)
         if feedback_weight is not None and feedback_weight.shape != self.weight.shape:
             raise ValueError(
                 f"feedback_weight must have the weight's shape {tuple(self.weight.shape)}, "
@@ -178,7 +220,9 @@ class LocallyConnectedTranspose2d(GlorotInit, _LCGeometry):
         )
         self.reset_parameters()
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, add_bias: bool = True) -> torch.Tensor:
+        """`add_bias=False`: the linear part alone (difference targets use it: blocks.py)."""
         self._check(y, self.out_channels, self.output_size)
-        out = LCTransposeLinear.apply(to_hwcn(y), self.weight, self.bias, self.geometry, self.in_channels)
+        bias = self.bias if add_bias else None
+        out = LCTransposeLinear.apply(to_hwcn(y), self.weight, bias, self.geometry, self.in_channels)
         return out.permute(3, 2, 0, 1)

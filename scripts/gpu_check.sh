@@ -6,6 +6,7 @@
 #   1. bioscale doctor --json                      -> OUT/doctor.log
 #   2. pytest -m gpu                               -> OUT/pytest_gpu.log
 #   3. bioscale bench gpu --json                   -> OUT/bench_gpu.log, OUT/bench_gpu.json
+#      bioscale bench precision --json             -> OUT/bench_precision.log (bf16 signals)
 #   4. synthetic ~256 px JPEG shards (224 crops)   -> OUT/data/shards
 #   5. four short `bioscale train` runs on them    -> OUT/train_<name>/ + OUT/train_<name>.log
 #        fp32 | bf16 | DeepSpeed ZeRO-2 bf16 with BP angles on | DeepSpeed ZeRO-3 bf16
@@ -16,8 +17,7 @@
 #
 # --cpu: the same steps at tiny sizes on the CPU (what the test suite runs): no pytest
 # (the suite is already running), the bench at 16 px, the training runs on the conv twin
-# of the ICLR ImageNet net for 2 steps, fp32 everywhere (bf16 autocast needs CUDA:
-# distributed.precision=bf16 is refused on CPU), DeepSpeed on one gloo process.
+# of the ICLR ImageNet net for 2 steps, bf16 as CPU autocast, DeepSpeed on one gloo process.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
@@ -82,7 +82,7 @@ if [ $CPU -eq 1 ]; then
     DATA=(--train 16 --val 8 --test 8 --size 240 --shard-size 8 --workers 1)
     ARCH=iclr_imagenet_conv
     TRAIN=(data.batch_size_per_rank=2 train.max_steps_per_epoch=2 data.num_workers=0)
-    BF16=fp32
+    PRECISION=(--archs iclr_mnist_lc --rules dtp,sdtp --batch 8)
 else
     DEVICE=cuda
     DOCTOR=()
@@ -90,7 +90,7 @@ else
     DATA=(--train 2048 --val 128 --test 128 --size 256 --shard-size 256 --workers 8)
     ARCH=iclr_imagenet_lc
     TRAIN=(data.batch_size_per_rank=64 train.max_steps_per_epoch=20 data.num_workers=6)
-    BF16=bf16
+    PRECISION=()
 fi
 note "gpu_check: $(date -u +%FT%TZ) on $(hostname), out $OUT, budget ${BUDGET}s, device $DEVICE"
 
@@ -104,27 +104,26 @@ fi
 
 step "bench gpu" 20 "$OUT/bench_gpu.log" "$PY" -m bioscale bench gpu --json --device "$DEVICE" "${BENCH[@]}"
 [ -s "$OUT/bench_gpu.log" ] && tail -n 1 "$OUT/bench_gpu.log" | grep '^{' > "$OUT/bench_gpu.json"
+step "bench precision" 10 "$OUT/bench_precision.log" "$PY" -m bioscale bench precision --json --device "$DEVICE" \
+    "${PRECISION[@]}"
 
 step "synthetic shards" 10 "$OUT/data.log" "$PY" -m bioscale.data_pipeline.synthetic --out "$OUT/data" "${DATA[@]}"
 SHARDS="$OUT/data/shards"
 
 COMMON=(--data "$SHARDS" model.arch="$ARCH" distributed.device="$DEVICE" train.epochs=1
         train.eval_splits=[val] train.log_every_steps=1 train.checkpoint_every_steps=0 "${TRAIN[@]}")
-if [ "$BF16" = fp32 ]; then
-    note "note  --cpu: the bf16 runs train in fp32 (distributed.precision=bf16 needs CUDA)"
-fi
 if [ -f "$SHARDS/train/manifest.json" ]; then
     step "train fp32" 20 "$OUT/train_fp32.log" "$PY" -m bioscale train --out "$OUT/train_fp32" \
         "${COMMON[@]}" distributed.precision=fp32 train.angle_every_steps=0
     step "train bf16" 20 "$OUT/train_bf16.log" "$PY" -m bioscale train --out "$OUT/train_bf16" \
-        "${COMMON[@]}" distributed.precision="$BF16" train.angle_every_steps=0
+        "${COMMON[@]}" distributed.precision=bf16 train.angle_every_steps=0
     if "$PY" -c "import deepspeed" > /dev/null 2>&1; then
         step "train deepspeed zero2 bf16 angles" 40 "$OUT/train_zero2.log" "$PY" -m bioscale train \
             --out "$OUT/train_zero2" "${COMMON[@]}" distributed.backend=deepspeed distributed.zero_stage=2 \
-            distributed.precision="$BF16" train.angle_every_steps=1
+            distributed.precision=bf16 train.angle_every_steps=1
         step "train deepspeed zero3 bf16" 40 "$OUT/train_zero3.log" "$PY" -m bioscale train \
             --out "$OUT/train_zero3" "${COMMON[@]}" distributed.backend=deepspeed distributed.zero_stage=3 \
-            distributed.precision="$BF16" train.angle_every_steps=0
+            distributed.precision=bf16 train.angle_every_steps=0
     else
         note "skip  train deepspeed zero2/zero3: DeepSpeed does not import (the \`distributed\` extra)"
     fi

@@ -48,6 +48,17 @@ def test_doctor_cpu_checks_every_rule():
     assert "all checks passed" in proc.stdout
 
 
+def test_doctor_bf16_checks_the_signals_survive():
+    """precision=bf16 (CPU autocast here): every rule's boundary signals are compared with
+    the float32 ones; DTP's vanished in bf16 before its differences were formed in float32."""
+    proc = _doctor("--device", "cpu", "--batch", "4", "--json", "distributed.precision=bf16")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["precision"] == "bf16"
+    cosines = {rule: r["bf16_signal_cosine"] for rule, r in report["steps"].items()}
+    assert set(cosines) == set(RULES) and all(c > 0.99 for c in cosines.values()), cosines
+
+
 def test_doctor_cuda_without_gpu_fails_in_one_line():
     proc = _doctor("--device", "cuda", "--no-steps")
     assert proc.returncode == 1

@@ -33,7 +33,7 @@ def test_cpu_mode_end_to_end(tmp_path):
     proc = _run(out, 400, "--cpu")
     summary = (out / "summary.txt").read_text()
     assert proc.returncode == 0, summary + proc.stderr[-3000:]
-    for name in ("doctor", "bench gpu", "synthetic shards", "train fp32", "train bf16"):
+    for name in ("doctor", "bench gpu", "bench precision", "synthetic shards", "train fp32", "train bf16"):
         assert f"ok    {name} (" in summary, name
     assert "ok    train deepspeed zero2 bf16 angles" in summary
     assert "ok    train deepspeed zero3 bf16" in summary

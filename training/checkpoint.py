@@ -88,10 +88,12 @@ def checkpoint_name(step: int) -> str:
 class CheckpointManager:
     """Save / resume the training state of one run (call `save` on rank 0 only)."""
 
-    def __init__(self, run_dir: str | Path, keep: int = 3):
+    def __init__(self, run_dir: str | Path, keep: int = 3, subdir: str = "checkpoints"):
+        """`subdir`: where under the run directory (a pipeline stage keeps its own
+        `checkpoints/stage{s}`)."""
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
-        self.dir = Path(run_dir) / "checkpoints"
+        self.dir = Path(run_dir) / subdir
         self.keep = keep
         self.loaded: CheckpointRecord | None = None
         """The checkpoint the last `load_latest` returned."""
@@ -195,8 +197,11 @@ class CheckpointManager:
                 )
         return records[::-1]
 
-    def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-        """The newest intact checkpoint's state, or None when the run has none.
+    def load_latest(
+        self, map_location: str | torch.device = "cpu", at_most: int | None = None
+    ) -> dict[str, Any] | None:
+        """The newest intact checkpoint's state (of a step <= `at_most`, if given: the
+        newest step every pipeline stage has), or None when the run has none.
         A damaged newest checkpoint is skipped with a `CheckpointWarning`;
         if every one is damaged this raises `CheckpointError` rather than
         silently starting the run over."""
@@ -205,6 +210,8 @@ class CheckpointManager:
             return None
         problems = []
         for record in self._candidates():
+            if at_most is not None and record.step > at_most:
+                continue
             path = self.dir / record.file
             reason = self._verify(record)
             if reason is None:

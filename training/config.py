@@ -43,7 +43,10 @@ __all__ = [
 ]
 
 DTYPES = ("float32", "float64", "bfloat16")
-BACKENDS = ("none", "ddp", "deepspeed")
+WEIGHT_SHARING = ("none", "instant")
+BACKENDS = ("none", "ddp", "deepspeed", "pipeline")
+SCHEDULES = ("1f1b", "gpipe")
+PIPELINE_MODES = ("sync", "decoupled")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_SPLITS = ("val", "test")
@@ -61,6 +64,19 @@ class ModelConfig:
     """Architecture name from the models registry (e.g. iclr_mnist_lc, fashion_mnist_fc)."""
     dtype: str = "float32"
     """Parameter dtype: float32 | float64 | bfloat16 (float64 only without DeepSpeed)."""
+    weight_sharing: str = "none"
+    """LC nets only: none | instant — every weight_sharing_every_steps optimizer steps, replace
+    each LC layer's filters (forward layers, the transposed LC layers of TP inverses, and a KP
+    layer's trained feedback) by their average over positions, per (out-channel, kernel-tap)
+    slot, biases per channel (Pogodin et al. 2021's weight-sharing phase, exact); the weights
+    stay untied in between. Training starts from tied weights (position 0's filter at every
+    position). FA's fixed feedback and Adam's moments are left alone."""
+    weight_sharing_every_steps: int | None = None
+    """Optimizer steps between two sharing events (model.weight_sharing=instant only); None = 10."""
+
+    def sharing_every_steps(self) -> int:
+        """Steps between sharing events, the default filled in."""
+        return 10 if self.weight_sharing_every_steps is None else self.weight_sharing_every_steps
 
 
 @dataclass
@@ -111,11 +127,30 @@ class DistributedConfig:
     """none: one process, or on many the gradients SUM-all-reduced after backward |
     ddp: torch DistributedDataParallel (bucketed SUM all-reduce overlapped with the
     backward; one wrapper per phase of the alternating schedule; plain on one process) |
-    deepspeed: DeepSpeed ZeRO (zero_stage)."""
+    deepspeed: DeepSpeed ZeRO (zero_stage) |
+    pipeline: the blocks split into `stages` consecutive stages on torch.distributed.pipelining,
+    world size / stages data-parallel replicas of the whole pipeline (stage-major ranks)."""
     zero_stage: int = 0
-    """DeepSpeed ZeRO stage 0-3 (3 shards the LC weights); only with backend deepspeed."""
+    """DeepSpeed ZeRO stage 0-3 (3 shards the LC weights) with backend deepspeed; with backend
+    pipeline 0 or 3: 3 shards each stage's weights, gradients and Adam state over its
+    replicas with FSDP2 (`fully_shard`), 1/(S·D) of the net's state per rank."""
+    stages: int = 2
+    """Pipeline stages S (backend pipeline); the world size must be a multiple of S."""
+    micro_batches: int = 4
+    """Micro-batches M each replica's batch is cut into (backend pipeline); must divide
+    data.batch_size_per_rank, and 1f1b needs M >= stages."""
+    schedule: str = "1f1b"
+    """Pipeline schedule of torch.distributed.pipelining: 1f1b | gpipe."""
+    stage_boundaries: list[int] | None = None
+    """Blocks per stage, e.g. [2, 3] (backend pipeline); None = balance the counted per-block
+    cost (weights used per sample) over the stages."""
+    pipeline_mode: str = "sync"
+    """sync: every stage steps once per global batch (equals one process with that batch) |
+    decoupled: a stage steps after every micro-batch (not yet through `bioscale train`)."""
     precision: str = "fp32"
-    """fp32 | bf16 (bf16 autocast needs device cuda)."""
+    """fp32 | bf16: autocast to bfloat16 around forward and backward, weights and Adam in the
+    parameter dtype (float32); target-propagation differences stay float32 (models/blocks.py).
+    On CPU it runs through CPU autocast (correct, not faster: what the test suite checks)."""
     device: str = "auto"
     """auto (cuda when available) | cpu | cuda."""
 
@@ -319,6 +354,10 @@ def _validate(cfg: ExperimentConfig, sources: dict[str, str]) -> None:
         fail("name", "must not be empty")
     at_least("seed", 0)
     choice("model.dtype", DTYPES)
+    choice("model.weight_sharing", WEIGHT_SHARING)
+    at_least("model.weight_sharing_every_steps", 1, optional=True)
+    if cfg.model.weight_sharing == "none" and cfg.model.weight_sharing_every_steps is not None:
+        fail("model.weight_sharing_every_steps", "applies to model.weight_sharing=instant only")
     choice("algorithm.rule", RULES)
     for side in ("forward", "inverse"):
         adam: AdamConfig = getattr(cfg.optim, side)
@@ -349,17 +388,44 @@ def _validate(cfg: ExperimentConfig, sources: dict[str, str]) -> None:
     choice("distributed.device", DEVICES)
     if not 0 <= dist.zero_stage <= 3:
         fail("distributed.zero_stage", "must be 0, 1, 2 or 3")
-    if dist.zero_stage and dist.backend != "deepspeed":
+    if dist.zero_stage and dist.backend not in ("deepspeed", "pipeline"):
         fail(
             "distributed.zero_stage",
             f"ZeRO needs distributed.backend=deepspeed (backend is {dist.backend!r}, "
             f"set by {sources.get('distributed.backend', 'defaults')})",
         )
-    if dist.precision == "bf16" and dist.device != "cuda":
+    if dist.backend == "pipeline" and dist.zero_stage not in (0, 3):
+        fail("distributed.zero_stage", "with the pipeline: 0 (replicated stages) or 3 (FSDP2 sharding in each stage)")
+    if dist.backend == "pipeline" and dist.zero_stage == 3 and cfg.model.weight_sharing != "none":
+        fail("model.weight_sharing", "averages whole LC weights; with the pipeline's zero_stage=3 ranks hold shards")
+    choice("distributed.schedule", SCHEDULES)
+    choice("distributed.pipeline_mode", PIPELINE_MODES)
+    at_least("distributed.stages", 1)
+    at_least("distributed.micro_batches", 1)
+    if dist.stage_boundaries is not None and (
+        len(dist.stage_boundaries) != dist.stages or min(dist.stage_boundaries) < 1
+    ):
+        fail("distributed.stage_boundaries", f"must give each of the {dist.stages} stages >= 1 block")
+    if dist.backend == "pipeline":
+        if cfg.data.batch_size_per_rank % dist.micro_batches:
+            fail(
+                "distributed.micro_batches",
+                f"must divide data.batch_size_per_rank = {cfg.data.batch_size_per_rank} "
+                "(the pipeline's receive buffers have one micro-batch shape)",
+            )
+        if dist.schedule == "1f1b" and dist.micro_batches < dist.stages:
+            fail("distributed.micro_batches", f"1f1b needs at least as many micro-batches as stages ({dist.stages})")
+        if dist.pipeline_mode == "decoupled":
+            fail(
+                "distributed.pipeline_mode",
+                "decoupled updates are not available through `bioscale train` yet (the bench and "
+                "distributed/pipeline.py have them); use sync",
+            )
+    if dist.precision == "bf16" and cfg.model.dtype != "float32":
         fail(
             "distributed.precision",
-            f"bf16 needs distributed.device=cuda (device is {dist.device!r}, "
-            f"set by {sources.get('distributed.device', 'defaults')}); use fp32 on CPU",
+            f"bf16 autocasts float32 weights; model.dtype is {cfg.model.dtype} (autocast leaves float64 "
+            "alone, and bfloat16 weights need no autocast): use model.dtype=float32",
         )
     if cfg.model.dtype == "float64" and dist.backend == "deepspeed":
         fail("model.dtype", "DeepSpeed cannot reduce float64 gradients; use float32 or backend none/ddp")

@@ -119,8 +119,10 @@ def _weights_reason(module: torch.nn.Module) -> str | None:
     if not named:
         return None
     device = named[0][1].device
-    # one host sync for all parameters, not one per parameter
-    finite = torch.stack([torch.isfinite(p).all().to(device) for _, p in named]).tolist()
+    # one host sync for all parameters, not one per parameter; a sharded weight (DTensor,
+    # the pipeline with zero_stage 3) is checked on this rank's shard
+    local = [p.to_local() if hasattr(p, "to_local") else p for _, p in named]
+    finite = torch.stack([torch.isfinite(p).all().to(device) for p in local]).tolist()
     for (name, _), ok in zip(named, finite, strict=True):
         if not ok:
             return f"parameter {name} holds NaN/inf"

@@ -280,11 +280,15 @@ def _finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.detach()).all())
 
 
+MIN_SIGNAL_COSINE = 0.99
+"""Lowest per-layer cosine between bf16 and float32 boundary signals the doctor accepts."""
+
+
 def step_once(cfg, rule: str, device: torch.device, batch: int) -> dict[str, Any]:
     """One training step of `rule` on random inputs of the configured architecture, the way
     the trainer takes it (autocast around forward and backward). Returns measurements;
     raises `RuntimeError` naming what is not finite."""
-    from bioscale.algorithms import RuleConfig, Updater, build_learner
+    from bioscale.algorithms import RuleConfig, Updater, build_learner, signal_cosines
     from bioscale.models import get_arch
     from bioscale.training.divergence import check_step
     from bioscale.training.trainer import DTYPES
@@ -315,6 +319,15 @@ def step_once(cfg, rule: str, device: torch.device, batch: int) -> dict[str, Any
             h.retain_grad()
         out.loss.backward()
     check_step(1, out, learner)  # loss, local (target-gap) and inverse losses
+    fidelity = None
+    if autocast is not None:
+        # bf16 must keep the rule's signals: cosine with the float32 signals of the same
+        # weights and batch (a bf16 g(h) − g(h − δ) measured 0.004-0.11 for DTP)
+        fidelity = min(signal_cosines(learner, x, y, autocast).values(), default=1.0)
+        if not fidelity > MIN_SIGNAL_COSINE:
+            raise RuntimeError(
+                f"bf16 signals have cosine {fidelity:.4f} with the float32 ones (need > {MIN_SIGNAL_COSINE})"
+            )
     for l, h in enumerate(out.hidden, 1):
         if h.requires_grad and h.grad is not None and not _finite(h.grad):
             raise RuntimeError(f"layer {l}: the signal arriving at h_{l} holds NaN/inf")
@@ -334,6 +347,7 @@ def step_once(cfg, rule: str, device: torch.device, batch: int) -> dict[str, Any
         "loss": float(out.task_loss) / batch,
         "signals": signals,
         "inverse_layers": len(out.inverse_losses),
+        "bf16_signal_cosine": None if fidelity is None else round(fidelity, 6),
         "build_s": round(t1 - t0, 3),
         "step_s": round(t2 - t1, 3),
     }
@@ -359,7 +373,8 @@ def _check_steps(report: Report, cfg, device: torch.device, batch: int) -> None:
             f"step {rule}",
             "ok",
             f"loss {res['loss']:.4f}/sample, {res['signals']} boundary signals and "
-            f"{res['inverse_layers']} inverse losses finite, {1000 * res['step_s']:.0f} ms",
+            f"{res['inverse_layers']} inverse losses finite, {1000 * res['step_s']:.0f} ms"
+            + ("" if res["bf16_signal_cosine"] is None else f", bf16 signals cosine ≥ {res['bf16_signal_cosine']:.4f}"),
         )
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -12,7 +12,8 @@ from bioscale.training.config import ConfigError, ExperimentConfig
 
 def check_config(cfg: ExperimentConfig) -> None:
     """Checks that need the registries, before anything is started (raises ConfigError):
-    a run directory and data are set, the rule and the architecture exist."""
+    a run directory and data are set, the rule and the architecture exist, and
+    model.weight_sharing has LC layers to share."""
     from bioscale.algorithms import build_rule
     from bioscale.models import get_arch
 
@@ -22,9 +23,14 @@ def check_config(cfg: ExperimentConfig) -> None:
         raise ConfigError("no data: pass --data DIR (or set data.path in the config)")
     try:
         build_rule(cfg.algorithm)
-        get_arch(cfg.model.arch)
+        spec = get_arch(cfg.model.arch)
     except ValueError as exc:
         raise ConfigError(f"config: {exc}") from None
+    if cfg.model.weight_sharing != "none" and not any(layer[0] == "lc" for layer in spec.layers):
+        raise ConfigError(
+            f"config: model.weight_sharing={cfg.model.weight_sharing} needs locally-connected layers; "
+            f"{cfg.model.arch} has none"
+        )
 
 
 def check_experiment(cfg: ExperimentConfig) -> None:
@@ -45,3 +51,26 @@ def check_experiment(cfg: ExperimentConfig) -> None:
             open_split(root / split)
         except (DataError, OSError) as exc:
             raise ConfigError(f"data: {exc}") from None
+
+
+def check_layout(cfg: ExperimentConfig, world_size: int, tasks_per_node: int | None = None) -> str | None:
+    """Checks of the process layout, for a launcher that knows the world size before the
+    job starts (raises ConfigError). For `distributed.backend=pipeline`, returns where the
+    S × D ranks go: stage-major (rank = stage·D + replica), so a stage's D replicas — whose
+    weight all-reduce is the heavy traffic — are consecutive ranks, on one node when D
+    divides the tasks per node; only the light activations cross nodes."""
+    dist = cfg.distributed
+    if dist.backend != "pipeline":
+        return None
+    if world_size % dist.stages:
+        raise ConfigError(
+            f"config: distributed.stages = {dist.stages} does not divide the world size {world_size} "
+            "(nodes × tasks per node)"
+        )
+    replicas = world_size // dist.stages
+    per_node = tasks_per_node or world_size
+    where = []
+    for s in range(dist.stages):
+        nodes = sorted({r // per_node for r in range(s * replicas, (s + 1) * replicas)})
+        where.append(f"stage {s}: ranks {s * replicas}-{(s + 1) * replicas - 1} on node(s) {nodes}")
+    return f"pipeline {dist.stages} stages × {replicas} replicas, stage-major; " + "; ".join(where)

@@ -14,18 +14,18 @@ from typing import Any
 
 import torch
 
-from bioscale.algorithms import Updater, angles_to_bp, build_learner
-from bioscale.distributed import all_reduce_sum, init_distributed, local_device, read_environment
-from bioscale.distributed.gradient_sync import all_reduce_gradients
-from bioscale.training.checkpoint import CheckpointManager, check_compatible, load_weights
+from bioscale.algorithms import angles_to_bp, build_learner, feedback_angles
+from bioscale.distributed import all_reduce_sum, read_environment
+from bioscale.training.checkpoint import check_compatible, load_weights
 from bioscale.training.config import ConfigError, ExperimentConfig
 from bioscale.training.divergence import DivergenceMonitor
-from bioscale.training.evaluation import evaluate
+from bioscale.training.engines import make_engine
 from bioscale.training.host_memory import keep_freed_memory
 from bioscale.training.metrics import MetricsLogger
 from bioscale.training.preflight import check_config
 from bioscale.training.progress import ProgressReporter
 from bioscale.training.selection import select_epoch, write_result
+from bioscale.training.weight_sharing import share_weights, tie_weights
 
 log = logging.getLogger("bioscale.train")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -38,9 +38,10 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(cfg.out)
         keep_freed_memory()
         self.env = read_environment()
-        # The backend follows the device chosen (distributed.device=cpu on a GPU node: gloo).
-        init_distributed(self.env, require_group=cfg.distributed.backend == "deepspeed", device=cfg.distributed.device)
-        self.device = local_device(self.env, cfg.distributed.device)
+        # The engine owns distribution (process group, device, this rank's share of the
+        # data, the step, its part of checkpoints); the trainer the loop and the records.
+        self.engine = make_engine(cfg, self.env)
+        self.device = self.engine.device
         self.is_main = self.env.rank == 0
         self.autocast = torch.bfloat16 if cfg.distributed.precision == "bf16" else None
         self._build_data()
@@ -57,8 +58,9 @@ class Trainer:
             weights = load_weights(init_from)
             check_compatible(self.learner.state_dict(), weights, init_from)
             self.learner.load_state_dict(weights)
-        self.updater = self._build_updater()
-        self.checkpoints = CheckpointManager(self.run_dir, keep=cfg.train.keep_checkpoints)
+        elif cfg.model.weight_sharing == "instant":
+            tie_weights(self.learner)  # one filter per LC layer at the start (training/weight_sharing.py)
+        self.engine.build(self.learner)
         self.step, self.epoch = 0, 0
         self.history: list[dict[str, Any]] = []
         # Errors, samples, summed loss this epoch: on the model's device, added to every step
@@ -77,8 +79,8 @@ class Trainer:
         cfg, root = self.cfg, Path(self.cfg.data.path)
         common = dict(
             kind=cfg.data.reader,
-            rank=self.env.rank,
-            world_size=self.env.world_size,
+            rank=self.engine.data_rank,
+            world_size=self.engine.data_world,
             seed=cfg.seed,
             num_workers=cfg.data.num_workers,
             augment=cfg.data.augment,
@@ -99,72 +101,41 @@ class Trainer:
                 info.num_samples,
                 info.num_classes,
                 self.train_reader.image_shape,
-                cfg.data.batch_size_per_rank * self.env.world_size,
+                cfg.data.batch_size_per_rank * self.engine.data_world,
                 cfg.data.batch_size_per_rank,
-                self.env.world_size,
+                self.engine.data_world,
             )
 
-    def _build_updater(self):
-        if self.cfg.distributed.backend == "deepspeed":
-            from bioscale.distributed.deepspeed_engine import DeepSpeedUpdater
-
-            try:
-                return DeepSpeedUpdater(
-                    self.learner, self.cfg.optim, self.cfg.distributed, self.cfg.data.batch_size_per_rank
-                )
-            except ValueError as exc:
-                raise ConfigError(f"config: {exc}") from None
-        if self.cfg.distributed.backend == "ddp" and self.env.world_size > 1:
-            from bioscale.distributed.ddp_engine import DDPUpdater
-
-            return DDPUpdater(self.learner, self.cfg.optim, device=self.device)
-        # backend none: the explicit SUM all-reduce after backward (a no-op on one process)
-        return Updater(self.learner, self.cfg.optim, grad_sync=all_reduce_gradients)
-
     # ------------------------------------------------------------- checkpoint
-    @property
-    def deepspeed(self) -> bool:
-        return self.cfg.distributed.backend == "deepspeed"
-
     def _state(self) -> dict:
         state = {
             "step": self.step,
             "epoch": self.epoch,
             "history": list(self.history),
             "reader": self.train_reader.state_dict(),
-            "epoch_stats": self.epoch_stats.to("cpu", copy=True),
+            # Summed over ranks (every rank saves at the same steps, so the all-reduce is
+            # safe): rank 0 restores the sum and the others start from zero. A rank's own
+            # sums would be lost for every rank but the one whose file is read (and a
+            # pipeline stage without the output layer has none).
+            "epoch_stats": all_reduce_sum(self.epoch_stats.clone()).to("cpu"),
+            "epoch_stats_summed": True,
             "config": self.cfg.to_dict(),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            "rank": self.env.rank,  # whose RNG states these are
         }
         if self.device.type == "cuda":
             # This rank's GPU only (get_rng_state_all would create a context on every visible
             # GPU); it draws the inverse losses' noise on GPU runs.
             state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
-        if not self.deepspeed:  # DeepSpeed saves (sharded) weights and optimizer state itself
-            state.update(model=self.learner.state_dict(), optim=self.updater.state_dict())
-        return state
+        return state  # the engine adds weights and optimizer state (or writes its shards)
 
     def save_checkpoint(self, out=None):
         # never save NaN weights (or the state after a non-finite loss) over the last good state
         self.divergence.check(self.step, out, self.learner)
         self.metrics.flush()
-        if self.deepspeed:  # every rank writes its shard
-            self.updater.save(
-                self.run_dir / "checkpoints" / "deepspeed",
-                f"step_{self.step:010d}",
-                self._state(),
-                self.cfg.train.keep_checkpoints,
-            )
-        elif self.is_main:
-            self.checkpoints.save(self._state(), self.step)
+        self.engine.save(self.run_dir, self.step, self._state(), self.cfg.train.keep_checkpoints)
 
-    def _resume(self) -> int | None:
-        if self.deepspeed:
-            state = self.updater.load(self.run_dir / "checkpoints" / "deepspeed")
-        else:
-            state = self.checkpoints.load_latest(map_location=self.device)
-        if state is None:
-            return None
+    def _check_same_run(self, state: dict) -> None:
         saved = state["config"]
         for section in ("model", "algorithm"):
             if saved[section] != self.cfg.to_dict()[section]:
@@ -172,14 +143,19 @@ class Trainer:
                     f"{self.run_dir} holds a run with a different {section} config "
                     f"({saved[section]}); use another --out or the same config"
                 )
-        if not self.deepspeed:
-            self.learner.load_state_dict(state["model"])
-            self.updater.load_state_dict(state["optim"])
+
+    def _resume(self) -> int | None:
+        state = self.engine.load(self.run_dir, check=self._check_same_run)
+        if state is None:
+            return None
         self.step, self.epoch, self.history = state["step"], state["epoch"], state["history"]
         self.train_reader.load_state_dict(state["reader"])
         self.epoch_stats = state["epoch_stats"].to(self.device, torch.float64)
-        # RNG states are per rank; rank 0's is restored, others re-seed from step.
-        if self.env.rank == 0:
+        if state.get("epoch_stats_summed") and self.env.rank != 0:
+            self.epoch_stats.zero_()  # rank 0 holds the sum over ranks (older files: per rank)
+        # RNG states are per rank: the rank that saved them restores them (rank 0, or each
+        # pipeline stage's first replica), others re-seed from step.
+        if state.get("rank", 0) == self.env.rank:
             torch.set_rng_state(state["rng"]["torch"].cpu())
             random.setstate(state["rng"]["python"])
             # checkpoints of CPU runs (and older ones) have no CUDA state: the seed above stays
@@ -233,14 +209,17 @@ class Trainer:
             data_time += t0 - t_last
             x = x.to(self.device, DTYPES[cfg.model.dtype], non_blocking=True)
             y = y.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-                out = self.updater.step(x, y, phase)
+            with self.autocast_context():
+                out = self.engine.step(x, y, phase)
             self.step += 1
+            if cfg.model.weight_sharing == "instant" and self.step % cfg.model.sharing_every_steps() == 0:
+                # after the step: training/weight_sharing.py (DeepSpeed: into its master copy too)
+                share_weights(self.learner, deepspeed_stage=self.engine.deepspeed_zero_stage)
             done += 1
             # No host sync until a log step: statistics and the divergence flag stay on the
             # device (on CUDA, .item() here would stall the launch queue every step).
             n, errors = self._record_step(out, y)
-            images_seen += n
+            images_seen += y.numel()
             t_last = time.perf_counter()
             step_time += t_last - t0
             if self.step % cfg.train.log_every_steps == 0:
@@ -254,16 +233,24 @@ class Trainer:
                 cfg.train.angle_every_steps
                 and self.step % cfg.train.angle_every_steps == 0
                 and self.is_main
-                and not (self.deepspeed and cfg.distributed.zero_stage == 3)
-            ):  # ZeRO-3: weights are sharded
+                and self.engine.full_model
+            ):  # not where rank 0 holds only a shard or a stage of the weights
                 self.divergence.check(self.step, out, self.learner)
-                angles = angles_to_bp(self.learner, x, y)
+                with self.autocast_context():  # DeepSpeed bf16: the weights are bf16
+                    angles = angles_to_bp(self.learner, x, y)
                 self.metrics.log_scalars(self.step, {f"layer{l}/angle_to_bp_deg": a for l, a in angles.items()})
+                fb = feedback_angles(self.learner)  # KP: angle(B_l, W_l) per layer; {} for other rules
+                self.metrics.log_scalars(self.step, {f"angle/feedback_vs_forward/l{l}": a for l, a in fb.items()})
             if cfg.train.checkpoint_every_steps and self.step % cfg.train.checkpoint_every_steps == 0:
                 self.save_checkpoint(out)
             if done >= total:
                 break
         progress.close()
+
+    def autocast_context(self):
+        """bf16 autocast around the step (forward and backward) and the diagnostics that
+        run the network, or nothing for fp32."""
+        return torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None)
 
     def _new_epoch_stats(self) -> torch.Tensor:
         return torch.zeros(3, dtype=torch.float64, device=self.device)
@@ -272,8 +259,10 @@ class Trainer:
         """Add a step to the epoch's statistics and the divergence record, on the device
         (no host sync). Returns the batch size and the device tensor of its errors."""
         self.divergence.record(self.step, out)
-        n = y.numel()  # the shape is known on the host
-        errors = (out.logits.argmax(1) != y).sum()
+        # The shape is known on the host. A pipeline stage without the output layer has
+        # empty logits: it scores no samples (the last stage counts them).
+        n = out.logits.shape[0]
+        errors = (out.logits.argmax(1) != y[:n]).sum()
         self.epoch_stats += torch.stack(
             [errors.to(torch.float64), _scalar(n, self.device), out.task_loss.to(torch.float64)]
         )
@@ -296,10 +285,10 @@ class Trainer:
         scalars = {
             "train/loss": sums[0] / total,
             "train/top1_err": sums[1] / total,
-            "perf/images_per_sec": images_seen * self.env.world_size / max(data_time + step_time, 1e-9),
+            "perf/images_per_sec": images_seen * self.engine.data_world / max(data_time + step_time, 1e-9),
             "perf/data_time_pct": 100.0 * data_time / max(data_time + step_time, 1e-9),
         }
-        for name, lr in self.updater.learning_rates().items():
+        for name, lr in self.engine.learning_rates().items():
             scalars[f"opt/lr_{name}"] = lr
         for i, (l, _) in enumerate(local):
             scalars[f"layer{l}/local_loss"] = sums[3 + i] / total
@@ -318,7 +307,7 @@ class Trainer:
             "train_loss": loss / max(samples, 1),
         }
         for split, reader in self.eval_readers.items():
-            res = evaluate(self.learner.net, reader, self.device, self.autocast)
+            res = self.engine.evaluate(reader, self.autocast)
             record[f"{split}_top1_err"] = res["top1_err"]
             record[f"{split}_top5_err"] = res.get("top5_err")
         scalars = {"epoch/train_top1_err": record["train_top1_err"]}

@@ -1,12 +1,16 @@
 """`bioscale bench scale`: throughput of 1, 2 and 4 local CPU ranks, data-parallel and
 layer-pipelined, at the same global batch (images/s and scaling efficiency = speedup / N);
 with --zero3, per-rank parameter + optimiser memory of the full-width LC net under ZeRO-3
-at N = 1, 2, 4.
+at N = 1, 2, 4; with --pipeline-memory, the same for the pipeline engine's S stages × D
+FSDP2-sharded replicas (bench/scale_engines.py).
 
-Every configuration runs the same code (`distributed.pipeline.Pipeline`): data parallel
-is S = 1 stage × D replicas, the pipeline S stages × 1, the baseline 1 × 1 with the whole
-batch. Ranks are real gloo processes with one thread each; wall-clock time between two
-barriers on rank 0, after warm-up steps. On a machine with fewer cores than ranks the
+By default (`--engine trainer`) every configuration runs the engine `bioscale train` would
+(training/engines.py via bench/scale_engines.py): dpN is backend ddp, pipelineS backend
+pipeline on torch.distributed.pipelining, 1rank backend none with the whole batch. With
+`--engine own` (and always for `--mode decoupled`) they all run the project's hand-written
+`distributed.pipeline.Pipeline`: data parallel is S = 1 stage × D replicas. Ranks are
+real gloo processes with one thread each; wall-clock time between two barriers on rank 0,
+after warm-up steps. On a machine with fewer cores than ranks the
 efficiency says so — it is measured, not modelled."""
 
 from __future__ import annotations
@@ -44,8 +48,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10, quick 3)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {','.join(CONFIGS)}")
     parser.add_argument("--mode", default="sync", choices=("sync", "decoupled"))
+    parser.add_argument(
+        "--engine",
+        default="trainer",
+        choices=("trainer", "own"),
+        help="trainer: the engines `bioscale train` runs (DDP, torch.distributed.pipelining; "
+        "bench/scale_engines.py); own: the project's hand-written pipeline (always for --mode decoupled)",
+    )
     parser.add_argument("--zero3", action="store_true", help="also measure ZeRO-3 memory of the full-width net")
     parser.add_argument("--zero3-ranks", default="1,2,4")
+    parser.add_argument(
+        "--pipeline-memory",
+        action="store_true",
+        help="also measure per-rank weights + Adam state of the full-width net under the pipeline "
+        "engine's S stages × D sharded replicas at N = --zero3-ranks",
+    )
     parser.add_argument(
         "--accuracy",
         metavar="DATA",
@@ -90,15 +107,24 @@ def throughput_worker(arch: str, rule: str, batch: int, cfg: PipelineConfig, war
 
 def run_throughput(args: argparse.Namespace) -> dict:
     steps = args.steps or (3 if args.quick else 10)
+    warmup = 1 if args.quick else 2
+    own = getattr(args, "engine", "trainer") == "own" or args.mode == "decoupled"
     results = {}
     for name in args.configs.split(","):
         stages, dp = CONFIGS[name]
-        cfg = PipelineConfig(
-            stages=stages, data_parallel=dp, micro_batches=args.micro_batches if stages > 1 else 1, mode=args.mode
-        )
-        ranks = run_ranks(
-            throughput_worker, stages * dp, args.arch, args.rule, args.batch, cfg, 1 if args.quick else 2, steps
-        )
+        if own:
+            cfg = PipelineConfig(
+                stages=stages, data_parallel=dp, micro_batches=args.micro_batches if stages > 1 else 1, mode=args.mode
+            )
+            ranks = run_ranks(throughput_worker, stages * dp, args.arch, args.rule, args.batch, cfg, warmup, steps)
+        else:
+            from bioscale.bench.scale_engines import engine_throughput_worker
+
+            ranks = run_ranks(
+                engine_throughput_worker,
+                stages * dp,
+                *(args.arch, args.rule, args.batch, stages, dp, args.micro_batches, warmup, steps),
+            )
         cpu_ms = 1e3 * sum(r["cpu_s"] for r in ranks) / ranks[0]["images"]
         results[name] = {
             "ranks": stages * dp,
@@ -305,7 +331,7 @@ def run(args: argparse.Namespace) -> dict:
                 f"CPU {r['cpu_ms_per_image']:.2f} ms/image (CPU efficiency {100 * r['cpu_efficiency']:.0f}%)"
             )
         print(line)
-        if len(r["stages"]) > 1:
+        if len(r["stages"]) > 1 and "compute_s" in r["stages"][0]:
             print(
                 "      "
                 + "  ".join(
@@ -319,6 +345,7 @@ def run(args: argparse.Namespace) -> dict:
         "rule": args.rule,
         "batch": args.batch,
         "mode": args.mode,
+        "engine": "own" if getattr(args, "engine", "trainer") == "own" or args.mode == "decoupled" else "trainer",
         "cpu_cores": cores,
         "load_average": load,
         "configs": thr,
@@ -344,4 +371,15 @@ def run(args: argparse.Namespace) -> dict:
                 f"({m['state_total'] * n / base:.2f}× 1/N)  peak RSS {m['peak_rss'] / 2**20:7.0f} MiB"
             )
         result["zero3"] = z
+    if getattr(args, "pipeline_memory", False):
+        from bioscale.bench.scale_engines import run_pipeline_memory
+
+        pm = run_pipeline_memory(args.rule, [int(v) for v in args.zero3_ranks.split(",")])
+        full = pm["layouts"]["1x1"]["max_state_bytes"] if "1x1" in pm["layouts"] else None
+        print(f"pipeline engine, {pm['arch']} at {pm['input_shape']}: max per-rank weights + Adam state")
+        for m in pm["layouts"].values():
+            share = f" ({m['max_state_bytes'] / full:.2f} of one rank's, 1/N = {1 / m['ranks']:.2f})" if full else ""
+            print(f"  N={m['ranks']} {m['stages']} stages × {m['replicas']} replicas: "
+                  f"{m['max_state_bytes'] / 2**20:8.1f} MiB{share}")  # fmt: skip
+        result["pipeline_memory"] = pm
     return result

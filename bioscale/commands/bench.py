@@ -9,7 +9,7 @@ import argparse
 import importlib
 import json
 
-SUITES = ("layers", "data", "train", "scale", "ddp", "pool", "gpu")
+SUITES = ("layers", "data", "train", "scale", "ddp", "pool", "gpu", "precision")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

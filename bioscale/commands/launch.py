@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from bioscale.cluster.executors import SlurmExecutor, SubmissionError
     from bioscale.cluster.profile import ProfileError
     from bioscale.training.config import ConfigError, load_config
+    from bioscale.training.preflight import check_layout
     from bioscale.training.run_records import read_json
     from bioscale.training.selection import RESULT_FILE
 
@@ -79,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
             overrides.append(f"name={args.name}")
         run_dir = Path(args.out).resolve() / name
         cfg = launcher.build_config(args.config, overrides, str(Path(args.data).resolve()), run_dir)
+        layout = check_layout(cfg, profile.world_size, profile.tasks)
+        if layout:
+            print(layout, flush=True)
     except ProfileError as exc:
         raise ProfileError(f"{exc}; nothing was submitted") from None
     except ConfigError as exc:

@@ -1,4 +1,4 @@
-"""SDTP, AO-SDTP, FA and DFA (and DTP below its penultimate layer) use no forward weight of a
+"""SDTP, AO-SDTP, FA, DFA, sign-symmetry and KP (and DTP below its penultimate layer) use no forward weight of a
 higher layer in a lower layer's update. After the forward pass, W_{l+1} is overwritten in place
 (`no_grad().copy_`): BP's
 backward then raises (autograd's version check — it needed W_{l+1}), while the other rules'
@@ -12,7 +12,10 @@ import torch
 
 from bioscale.algorithms import RuleConfig, build_learner
 
-RULES_WITHOUT_TRANSPORT = ("fa", "dfa", "dtp", "sdtp", "aosdtp")
+# signsym reads sign(W_l) in the forward only (it builds B_l = s·sign(W_l) there; that it
+# reads the signs alone is tests/algorithms/test_later_rules.py); kp's signal and B's update
+# read B and the layer's activity, never W.
+RULES_WITHOUT_TRANSPORT = ("fa", "dfa", "dtp", "sdtp", "aosdtp", "signsym", "kp")
 
 
 def lower_grads(arch, rule, replace_layer, shape):

@@ -189,8 +189,9 @@ def test_scontrol_requeue_resumes_without_any_signal(jobs):
 def test_time_limit_requeues_until_done(jobs):
     runs = jobs.finished("timelimit")
     jobs.finished("timelimit_reference")
-    assert runs[-1] == ("COMPLETED", "0:0") and runs[0][0] == "REQUEUED", runs
     log = jobs.log("timelimit")
+    # on failure, show how the last run ended (its stderr), not only SLURM's states
+    assert runs[-1] == ("COMPLETED", "0:0") and runs[0][0] == "REQUEUED", (runs, log[-3000:])
     assert "this job is timed-out" in log and "remaining timeouts" in log
     resumed = _resumed_steps(log)
     # a requeued run signalled again before it got to resume logs no "resumed" line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import torch
@@ -163,3 +164,23 @@ def test_augment_modes_and_sizes(imagenet_shards, idcoded_shards):
         build_reader(idcoded_shards / "test", kind="wds", train=False, image_size=32)
     x, _ = next(iter(build_reader(idcoded_shards / "test", kind="dali", image_size=32, augment="resize")))
     assert x.shape[1:] == (1, 32, 32)
+
+
+def test_dali_feed_prepares_batches_off_the_training_thread(imagenet_shards, monkeypatch):
+    """The DALI source callback runs on the thread that runs the pipeline (the training
+    loop's); the shard reads and JPEG-header parses behind it run on the feed thread."""
+    from bioscale.data_pipeline import dali_reader
+
+    threads, original = set(), dali_reader._Feeder._prepare
+
+    def recording(self, j):
+        threads.add(threading.current_thread().name)
+        return original(self, j)
+
+    monkeypatch.setattr(dali_reader._Feeder, "_prepare", recording)
+    reader = build_reader(imagenet_shards / "train", kind="dali", train=True, batch_size=4, seed=11)
+    batches = collect(reader)
+    assert batches and threads and all(name.startswith("dali-feed") for name in threads), threads
+    # the same batches as the WebDataset reader's (order, labels): the thread changed nothing
+    wds = collect(build_reader(imagenet_shards / "train", kind="wds", train=True, batch_size=4, seed=11))
+    assert [y.tolist() for _, y in batches] == [y.tolist() for _, y in wds]

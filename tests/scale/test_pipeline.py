@@ -41,7 +41,11 @@ ALTERNATING = ["inverse", "forward", "inverse"]  # one phase per step, as epochs
 
 
 @pytest.mark.parametrize(
-    "stages, rules", [(2, ("bp", "fa", "dfa", "dtp", "sdtp", "aosdtp", "sdtp-alternating")), (4, ("bp", "dfa", "sdtp"))]
+    "stages, rules",
+    [
+        (2, ("bp", "fa", "dfa", "dtp", "sdtp", "aosdtp", "sdtp-alternating", "signsym", "kp")),
+        (4, ("bp", "dfa", "sdtp")),
+    ],
 )
 def test_sync_pipeline_equals_single_process(stages, rules):
     jobs = [

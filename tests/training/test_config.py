@@ -99,7 +99,6 @@ def test_override_values(override, check):
         ("distributed.backend=horovod", ["distributed.backend", "none, ddp, deepspeed"]),
         ("distributed.precision=fp16", ["distributed.precision", "fp32, bf16"]),
         ("distributed.zero_stage=2", ["ZeRO needs distributed.backend=deepspeed"]),
-        ("distributed.precision=bf16", ["bf16 needs distributed.device=cuda", "use fp32 on CPU"]),
         ("model.dtype=float16", ["model.dtype", "float32, float64, bfloat16"]),
         ("algorithm.rule=sdpt", ["algorithm.rule = 'sdpt'", "did you mean 'sdtp'"]),
         ("optim.inverse.beta2=1.0", ["optim.inverse.beta2", "[0, 1)"]),
@@ -129,6 +128,10 @@ def test_cross_field_checks_pass_when_consistent():
     assert (cfg.distributed.zero_stage, cfg.distributed.precision) == (3, "bf16")
     with pytest.raises(ConfigError, match="DeepSpeed cannot reduce float64"):
         load_config(None, ["distributed.backend=deepspeed", "model.dtype=float64"])
+    # bf16 runs on CPU too (CPU autocast), but only over float32 weights
+    assert load_config(None, ["distributed.precision=bf16", "distributed.device=cpu"]).distributed.precision == "bf16"
+    with pytest.raises(ConfigError, match="use model.dtype=float32"):
+        load_config(None, ["distributed.precision=bf16", "model.dtype=float64"])
 
 
 def test_file_errors_name_the_file_that_set_the_key(tmp_path):

@@ -90,3 +90,37 @@ def test_deepspeed_refuses_the_alternating_schedule(shards, tmp_path):
     assert proc.returncode != 0  # each rank exits 2; torchrun reports the failure as 1
     assert "supports the parallel schedule only" in proc.stderr
     assert not (tmp_path / "alt" / "checkpoints").exists()
+
+
+def _rule_args(rule: str) -> list[str]:
+    # COMMON's σ is SDTP's; feedback alignment learns no inverses and refuses it
+    return [f"algorithm.rule={rule}"] + (["algorithm.sigma=null"] if rule in ("fa", "dfa") else [])
+
+
+@pytest.mark.parametrize(("stage", "rule"), [(0, "fa"), (2, "dfa"), (3, "aosdtp")])
+def test_bf16_trains_every_zero_stage_with_buffers_and_angles(shards, tmp_path, stage, rule):
+    """DeepSpeed bf16 (CPU autocast here): bf16 weights and the rule's buffers (feedback
+    matrices, AO-SDTP's projection), fp32 gradient reduction, and the angle-to-BP diagnostic
+    (which ran outside autocast: a dtype error at the first angle step)."""
+    plain = torchrun(shards, tmp_path / "plain", *_rule_args(rule))
+    assert plain.returncode == 0, plain.stderr
+    out = tmp_path / "bf16"
+    proc = torchrun(
+        shards,
+        out,
+        *_rule_args(rule),
+        "distributed.backend=deepspeed",
+        f"distributed.zero_stage={stage}",
+        "distributed.precision=bf16",
+        "distributed.device=cpu",
+        "train.angle_every_steps=4",
+    )
+    assert proc.returncode == 0, proc.stderr
+    got, ref = history(out)[0], history(tmp_path / "plain")[0]
+    assert abs(got["train_loss"] - ref["train_loss"]) < 0.05 * ref["train_loss"], (got, ref)
+    assert abs(got["val_top1_err"] - ref["val_top1_err"]) < 0.06, (got, ref)
+    angles = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "angle_to_bp" in line]
+    # (ZeRO-3 shards the weights: no angles there, as in fp32)
+    assert [a["step"] for a in angles] == ([] if stage == 3 else [4, 8, 12])
+    # the output layer is trained by BP under every rule: its angle is ~0 also in bf16
+    assert all(a["layer5/angle_to_bp_deg"] < 1.0 for a in angles), angles

@@ -190,3 +190,23 @@ def test_resume_refuses_a_different_experiment(shards, tmp_path):
     )
     proc = run(train_cmd(shards, out, "train.max_steps_per_epoch=2", "train.eval_splits=[val]", epochs=2, rule="bp"))
     assert proc.returncode == 2 and "different algorithm config" in proc.stderr, proc.stderr
+
+
+def test_bf16_on_cpu_trains_like_fp32(shards, tmp_path):
+    """distributed.precision=bf16 on CPU (CPU autocast, the path CUDA autocast takes too):
+    DTP at the ImageNet configs' α trains like the fp32 run end to end, and the checkpoint's
+    weights stay float32 (the signals' fidelity: tests/algorithms/test_bf16.py)."""
+    common = ("algorithm.alpha=1.273e-3", "train.max_steps_per_epoch=15", "train.eval_splits=[val]")
+    fp32 = run(train_cmd(shards, tmp_path / "fp32", *common, epochs=1, rule="dtp"))
+    assert fp32.returncode == 0, fp32.stderr
+    bf16 = run(train_cmd(shards, tmp_path / "bf16", *common, "distributed.precision=bf16", epochs=1, rule="dtp"))
+    assert bf16.returncode == 0, bf16.stderr
+    a = json.loads((tmp_path / "fp32" / "result.json").read_text())["history"][0]
+    b = json.loads((tmp_path / "bf16" / "result.json").read_text())["history"][0]
+    assert abs(a["train_loss"] - b["train_loss"]) < 0.03 * a["train_loss"], (a, b)
+    assert abs(a["val_top1_err"] - b["val_top1_err"]) < 0.05, (a, b)
+    ckpt = sorted((tmp_path / "bf16" / "checkpoints").glob("*.pt"))[-1]
+    weights = torch.load(ckpt, map_location="cpu", weights_only=False)
+    model = weights.get("model", weights.get("learner"))
+    assert model is not None, sorted(weights)
+    assert {v.dtype for v in model.values() if v.is_floating_point()} == {torch.float32}

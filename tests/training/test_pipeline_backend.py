@@ -1,0 +1,229 @@
+"""`distributed.backend=pipeline` through `bioscale train` (the interface of issue 12):
+`torchrun --nproc_per_node 2 -m bioscale train --config C --data D --out O
+distributed.backend=pipeline distributed.stages=2` writes the usual run directory, trains
+like one process with the same batch (float64, σ = 0: per-epoch history and final weights
+to 1e-9), resumes per stage by re-running the same command, and bad layouts are refused
+before anything starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bioscale.training.config import ConfigError, load_config
+from tests.datasets import prepare_small_fashion
+from tests.training.test_multiprocess import final_weights, free_port
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "fashion_mnist"
+CONFIG = CONFIGS / "lc_sdtp.yaml"
+ARGS = [
+    "model.dtype=float64",
+    "data.num_workers=0",
+    "data.batch_size_per_rank=16",
+    "train.max_steps_per_epoch=6",
+    "train.log_every_steps=3",
+    "train.checkpoint_every_steps=4",
+    "train.angle_every_steps=0",
+    "train.eval_splits=[val]",
+]
+PIPELINE = ["distributed.backend=pipeline", "distributed.stages=2"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return prepare_small_fashion(tmp_path_factory.mktemp("fashion_pipe"))
+
+
+def train(
+    shards, out: Path, *extra: str, epochs: int, ranks: int = 1, config: Path = CONFIG
+) -> subprocess.CompletedProcess:
+    launch = [sys.executable]
+    if ranks > 1:
+        torchrun = Path(sys.executable).with_name("torchrun")
+        launch = [str(torchrun), "--nproc_per_node", str(ranks), "--master_addr", "127.0.0.1"]
+        launch += ["--master_port", str(free_port())]
+    cmd = [*launch, "-m", "bioscale", "train", "--config", str(config), "--data", str(shards), "--out", str(out)]
+    cmd += [*ARGS, *extra, f"train.epochs={epochs}"]  # extra wins over ARGS
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def history(run: Path) -> list[dict]:
+    return json.loads((run / "result.json").read_text())["history"]
+
+
+def stage_weights(run: Path) -> dict:
+    merged: dict = {}
+    for stage in sorted((run / "checkpoints").glob("stage*")):
+        newest = sorted(stage.glob("step_*.pt"))[-1]
+        merged.update(torch.load(newest, weights_only=False)["model"])
+    return merged
+
+
+def assert_same_history(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-9, abs=1e-12), (k, ra, rb)
+
+
+@pytest.mark.parametrize("rule", ["sdtp", "dfa"])
+def test_two_stage_pipeline_trains_like_one_process_and_resumes(shards, tmp_path, rule):
+    # SDTP's noise is drawn per rank: σ = 0 makes one process comparable
+    rule_args = ["algorithm.sigma=0.0"] if rule == "sdtp" else []
+    config = CONFIGS / f"lc_{rule}.yaml"
+    one = train(shards, tmp_path / "one", *rule_args, epochs=2, config=config)
+    assert one.returncode == 0, one.stderr
+    run = tmp_path / "pipe"
+    if rule == "sdtp":  # stop after epoch 0, then the same command with 2 epochs resumes
+        first = train(shards, run, *rule_args, *PIPELINE, epochs=1, ranks=2, config=config)
+        assert first.returncode == 0, first.stderr
+    proc = train(shards, run, *rule_args, *PIPELINE, epochs=2, ranks=2, config=config)
+    assert proc.returncode == 0, proc.stderr
+    assert "pipeline stage 0 of 2 (layers [1, 2])" in proc.stderr
+    if rule == "sdtp":
+        assert "resumed" in proc.stderr and "at step 6 (epoch 1)" in proc.stderr
+    # the usual run directory, one checkpoint directory per stage
+    for name in ("config.yaml", "metrics.jsonl", "result.json", "tb"):
+        assert (run / name).exists(), name
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["stage0", "stage1"]
+    assert_same_history(history(run), history(tmp_path / "one"))
+    a, b = final_weights(tmp_path / "one"), stage_weights(run)
+    assert a.keys() == b.keys()  # the stages' files merge into the single-process state dict
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-9, rtol=0), f"{k}: max diff {(a[k] - b[k]).abs().max():.2e}"
+    logged = set().union(*(json.loads(line) for line in (run / "metrics.jsonl").open()))
+    assert {"train/loss", "train/top1_err", "val/top1_err", "perf/images_per_sec", "layer1/local_loss"} <= logged
+
+
+def test_pipeline_refuses_a_world_size_the_stages_do_not_divide(shards, tmp_path):
+    proc = train(shards, tmp_path / "bad", *PIPELINE, epochs=1)  # one process, two stages
+    assert proc.returncode == 2, proc.stderr
+    assert "distributed.stages = 2 does not divide the world size 1" in proc.stderr
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("distributed.micro_batches=3", "must divide data.batch_size_per_rank = 16"),
+        ("distributed.micro_batches=1", "1f1b needs at least as many micro-batches as stages"),
+        ("distributed.pipeline_mode=decoupled", "decoupled updates are not available"),
+        ("distributed.stage_boundaries=[5]", "must give each of the 2 stages >= 1 block"),
+        ("distributed.schedule=zb", "must be one of 1f1b, gpipe"),
+    ],
+)
+def test_bad_pipeline_config_is_refused_with_the_reason(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIG, [*PIPELINE, "data.batch_size_per_rank=16", override])
+
+
+def test_more_stages_than_blocks_is_refused():
+    from bioscale.algorithms import RuleConfig, build_learner
+    from bioscale.distributed.pipeline_engine import PipelineStageEngine
+    from tests.scale.workers import OPTIM
+
+    learner = build_learner("iclr_mnist_lc", RuleConfig(rule="bp"))
+    with pytest.raises(ValueError, match="has only 5 blocks"):
+        PipelineStageEngine(learner, OPTIM, stages=6, micro_batches=6, micro_batch_size=1)
+
+
+def _rank_pids(parent: int) -> dict[int, int]:
+    """RANK → pid of torchrun's worker processes (children of `parent`)."""
+    out = {}
+    for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        try:
+            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in environ:
+            if item.startswith(b"RANK="):
+                out[int(item[5:])] = int(child)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["pipeline", "none"])
+def test_kill_9_of_one_rank_mid_epoch_then_the_same_command_gives_the_same_history(shards, tmp_path, backend):
+    """pipeline: rank 1 is the last stage; σ > 0: the inverse losses' noise is drawn on each
+    stage's rank, so this also checks that every stage restores its own RNG state. none:
+    2 data-parallel ranks; the epoch's partial sums of both ranks survive the resume."""
+    layout = PIPELINE if backend == "pipeline" else ["distributed.backend=none"]
+    longer = ["train.max_steps_per_epoch=12", "algorithm.sigma=0.1" if backend == "pipeline" else "algorithm.sigma=0.0"]
+    ref = tmp_path / "ref"
+    assert train(shards, ref, *layout, *longer, epochs=2, ranks=2).returncode == 0
+    out = tmp_path / "killed"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    cmd += ["-m", "bioscale", "train", "--config", str(CONFIG), "--data", str(shards), "--out", str(out)]
+    cmd += [*ARGS, *layout, *longer, "train.epochs=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = out / "checkpoints" / ("stage1" if backend == "pipeline" else "") / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # mid-epoch 1 (steps 13..24), after its first checkpoint (16)
+        if marker.exists() and json.loads(marker.read_text())["step"] >= 16:
+            break
+        time.sleep(0.02)
+    os.kill(_rank_pids(proc.pid)[1], signal.SIGKILL)  # rank 1's process only
+    proc.wait(timeout=300)
+    assert proc.returncode != 0
+    assert not (out / "result.json").exists() or json.loads((out / "result.json").read_text())["epochs_completed"] < 2
+    resumed = train(shards, out, *layout, *longer, epochs=2, ranks=2)  # the same command
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stderr and "at step 16 (epoch 1)" in resumed.stderr
+    # equal up to the order of summation (the partial sums were all-reduced at the checkpoint)
+    assert_same_history(history(out), history(ref))
+
+
+def test_two_stages_by_two_replicas_across_two_torchrun_nodes_match_one_process(shards, tmp_path):
+    """S × D = 2 × 2: two torchrun "nodes" of 2 ranks; stage-major placement puts each
+    stage's replicas on one node. Equals one process with the global batch 2 × 16."""
+    one = train(shards, tmp_path / "one", "algorithm.sigma=0.0", "data.batch_size_per_rank=32", epochs=1)
+    assert one.returncode == 0, one.stderr
+    port, torchrun = free_port(), Path(sys.executable).with_name("torchrun")
+    run = tmp_path / "pipe"
+    nodes = []
+    for n in (0, 1):
+        cmd = [str(torchrun), "--nnodes", "2", "--nproc-per-node", "2", "--node-rank", str(n)]
+        cmd += ["--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "bioscale", "train"]
+        cmd += ["--config", str(CONFIG), "--data", str(shards), "--out", str(run), *PIPELINE]
+        cmd += [*ARGS, "algorithm.sigma=0.0", "train.epochs=1"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        nodes.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=600)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], "\n".join(logs)
+    assert "global batch 32 (16 × 2 ranks)" in logs[0]
+    assert "pipeline stage 0 of 2 (layers [1, 2]) × 2 replicas" in logs[0]
+    assert_same_history(history(run), history(tmp_path / "one"))
+    a, b = final_weights(tmp_path / "one"), stage_weights(run)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-9, rtol=0), f"{k}: max diff {(a[k] - b[k]).abs().max():.2e}"
+
+
+def test_sharded_pipeline_replicas_train_like_one_process_and_resume(shards, tmp_path):
+    """distributed.zero_stage=3 with the pipeline: FSDP2 shards each stage over its replicas
+    (here 1 stage × 2 replicas). Checkpoints hold the whole stage (gathered at save,
+    re-sharded at load): the resumed run equals one process with the global batch."""
+    sharded = ["distributed.backend=pipeline", "distributed.stages=1", "distributed.micro_batches=2"]
+    sharded += ["distributed.zero_stage=3", "algorithm.sigma=0.0"]
+    one = train(shards, tmp_path / "one", "algorithm.sigma=0.0", "data.batch_size_per_rank=32", epochs=2)
+    assert one.returncode == 0, one.stderr
+    run = tmp_path / "fsdp"
+    first = train(shards, run, *sharded, epochs=1, ranks=2)
+    assert first.returncode == 0, first.stderr
+    proc = train(shards, run, *sharded, epochs=2, ranks=2)
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed" in proc.stderr and "global batch 32 (16 × 2 ranks)" in proc.stderr
+    assert_same_history(history(run), history(tmp_path / "one"))
+    a, b = final_weights(tmp_path / "one"), stage_weights(run)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-9, rtol=0), f"{k}: max diff {(a[k] - b[k]).abs().max():.2e}"

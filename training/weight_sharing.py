@@ -1,0 +1,74 @@
+"""`model.weight_sharing=instant`: every `model.weight_sharing_every_steps` optimizer steps,
+each locally-connected layer's weights are replaced by their average over positions
+(`LocallyConnected2d.share_weights_`, after Pogodin et al. 2021's sleep-phase weight
+sharing, done exactly instead of through lateral Hebbian dynamics). Training starts from
+tied weights (`tie_weights`: position 0's filter everywhere, the conv twin's init scale);
+the positions then drift apart between sharing events.
+
+Which layers: every LC layer of the net — the forward layers f_l and, for target
+propagation, the transposed LC layers of the inverses g_l (so an LC net's inverses move
+towards the transposed-convolution inverses of its conv twin along with the forward
+layers). A KP layer's trained feedback B_l (a parameter of the layer) is averaged with its
+W_l; FA's fixed random feedback buffers are left alone (they are not trained), and
+sign-symmetry's B = s·sign(W) follows W by construction. Adam's moments are not touched:
+they stay per position.
+
+Engines: the plain, DDP and pipeline engines hold full (replicated or per-stage) weights,
+changed in place on every rank alike. DeepSpeed keeps its own fp32 master copy of the
+weights in the optimizer (ZeRO 1-3, and bf16 at stage 0), which the next step would copy
+back over the module's weights: the averaged values are written there too
+(`deepspeed.utils.safe_set_full_fp32_param`). Under ZeRO-3 the module's weights are
+partitioned: each layer's are gathered (`deepspeed.zero.GatheredParameters`, modifier rank
+0, whose result is re-partitioned on exit). With bf16 weights the average is formed in
+float32 from the bf16 module weights and rounded to bf16; the master copy then receives
+those rounded values (not the average of its own float32 values)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from torch import nn
+
+from bioscale.models.locally_connected import LocallyConnected2d, LocallyConnectedTranspose2d
+
+
+def lc_layers(module: nn.Module) -> list[LocallyConnected2d | LocallyConnectedTranspose2d]:
+    """Every LC layer (forward or transposed) inside `module`, in module order."""
+    return [m for m in module.modules() if isinstance(m, (LocallyConnected2d, LocallyConnectedTranspose2d))]
+
+
+def tie_weights(module: nn.Module) -> int:
+    """Give every LC layer one filter at all positions (position 0's) before training
+    starts — before a DeepSpeed engine partitions the weights — so that the sharing events
+    average filters that start equal (`LocallyConnected2d.tie_weights_`). Returns the
+    number of layers."""
+    layers = lc_layers(module)
+    for layer in layers:
+        layer.tie_weights_()
+    return len(layers)
+
+
+def share_weights(module: nn.Module, deepspeed_stage: int | None = None) -> int:
+    """Average every LC layer's weights over positions (see the module docstring). Returns
+    the number of layers shared. `deepspeed_stage`: the ZeRO stage when the weights belong
+    to a DeepSpeed engine (every rank must call this then), None otherwise."""
+    layers = lc_layers(module)
+    for layer in layers:
+        params = list(layer.parameters(recurse=False))
+        if deepspeed_stage is None:
+            layer.share_weights_()
+            continue
+        import deepspeed
+        from deepspeed.utils import safe_set_full_fp32_param
+
+        gather = (
+            deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+            if deepspeed_stage == 3
+            else contextlib.nullcontext()
+        )
+        with gather:
+            layer.share_weights_()  # every rank computes the same average from the same full weights
+            values = [p.detach().clone() for p in params]
+        for p, value in zip(params, values):
+            safe_set_full_fp32_param(p, value)  # the optimizer's master copy (no-op without one)
+    return len(layers)
