@@ -105,6 +105,35 @@ def test_two_stage_pipeline_trains_like_one_process_and_resumes(shards, tmp_path
     assert {"train/loss", "train/top1_err", "val/top1_err", "perf/images_per_sec", "layer1/local_loss"} <= logged
 
 
+@pytest.mark.parametrize(
+    ("config", "stages"),
+    [
+        ("lc_bp", 2),
+        ("lc_dtp", 2),
+        ("lc_sdtp_alt", 2),  # alternating: an inverse epoch, then a forward epoch
+        pytest.param("lc_sdtp", 4, marks=pytest.mark.slow),
+        pytest.param("lc_dfa", 4, marks=pytest.mark.slow),
+        pytest.param("lc_dtp_alt", 4, marks=pytest.mark.slow),
+    ],
+)
+def test_pipeline_matches_one_process_for_every_rule_kind(shards, tmp_path, config, stages):
+    """BP, DTP and the alternating schedule at S = 2 (with the test above: SDTP and DFA),
+    and S = 4 (slow: four processes on this machine's two cores): same per-epoch history
+    (float64, σ = 0) as one process with the same batch."""
+    rule_args = [] if config in ("lc_bp", "lc_dfa") else ["algorithm.sigma=0.0"]
+    path = CONFIGS / f"{config}.yaml"
+    one = train(shards, tmp_path / "one", *rule_args, epochs=2, config=path)
+    assert one.returncode == 0, one.stderr
+    pipe = ["distributed.backend=pipeline", f"distributed.stages={stages}"]
+    proc = train(shards, tmp_path / "pipe", *rule_args, *pipe, epochs=2, ranks=stages, config=path)
+    assert proc.returncode == 0, proc.stderr
+    assert_same_history(history(tmp_path / "pipe"), history(tmp_path / "one"))
+    a, b = final_weights(tmp_path / "one"), stage_weights(tmp_path / "pipe")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-9, rtol=0), f"{k}: max diff {(a[k] - b[k]).abs().max():.2e}"
+
+
 def test_pipeline_refuses_a_world_size_the_stages_do_not_divide(shards, tmp_path):
     proc = train(shards, tmp_path / "bad", *PIPELINE, epochs=1)  # one process, two stages
     assert proc.returncode == 2, proc.stderr
