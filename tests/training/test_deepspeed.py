@@ -97,7 +97,14 @@ def _rule_args(rule: str) -> list[str]:
     return [f"algorithm.rule={rule}"] + (["algorithm.sigma=null"] if rule in ("fa", "dfa") else [])
 
 
-@pytest.mark.parametrize(("stage", "rule"), [(0, "fa"), (2, "dfa"), (3, "aosdtp")])
+@pytest.mark.parametrize(
+    ("stage", "rule"),
+    [  # ZeRO-2 with angles in the default suite; the other stages' buffers and paths: slow
+        pytest.param(0, "fa", marks=pytest.mark.slow),
+        (2, "dfa"),
+        pytest.param(3, "aosdtp", marks=pytest.mark.slow),
+    ],
+)
 def test_bf16_trains_every_zero_stage_with_buffers_and_angles(shards, tmp_path, stage, rule):
     """DeepSpeed bf16 (CPU autocast here): bf16 weights and the rule's buffers (feedback
     matrices, AO-SDTP's projection), fp32 gradient reduction, and the angle-to-BP diagnostic
