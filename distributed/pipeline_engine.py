@@ -43,7 +43,7 @@ from bioscale.algorithms.optim import Updater
 from bioscale.distributed.gradient_sync import all_reduce_gradients
 from bioscale.distributed.pipeline import Pipeline, _StageParams
 from bioscale.distributed.pipeline_schedule import partition, ranges_from_balance
-from bioscale.distributed.process_group import all_reduce_sum, get_rank, get_world_size
+from bioscale.distributed.process_group import get_rank, get_world_size
 from bioscale.distributed.sharded_state import gather_full, map_tensors, shard_like
 
 log = logging.getLogger("bioscale.pipeline")
@@ -321,10 +321,11 @@ class PipelineStageEngine:
 
     # ---- evaluation --------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, reader, autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
-        """Top-1 / top-5 error over a split read once across the replicas: activations go
-        down the stage chain, the last stage counts; the counts are summed over all ranks
-        (the other stages contribute zeros)."""
+    def evaluate(self, reader, add_counts, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """This rank's counts over a split read once across the replicas: activations go
+        down the stage chain and the last stage adds each batch with
+        `add_counts(counts, logits, labels)` (training/evaluation.py's, the one definition);
+        the other stages return zeros. The caller sums them over all ranks."""
         net = self.learner.net
         was_training = net.training
         net.eval()
@@ -345,25 +346,9 @@ class PipelineStageEngine:
             if not self.last:  # in the receive buffer's dtype (autocast computes in bf16)
                 _p2p([dist.P2POp(dist.isend, h.to(self.dtype).contiguous(), self.next_rank)])
                 continue
-            logits, labels = h.float(), labels.to(self.device, non_blocking=True)
-            k = min(5, logits.shape[1])
-            hit = logits.topk(k, dim=1).indices == labels[:, None]
-            counts += torch.stack(
-                [
-                    hit[:, 0].sum().double(),
-                    hit.any(dim=1).sum().double(),
-                    torch.full((), n, dtype=torch.float64, device=self.device),
-                    F.cross_entropy(logits, labels, reduction="sum").double(),
-                ]
-            )
+            add_counts(counts, h, labels.to(self.device, non_blocking=True))
         net.train(was_training)
-        top1, top5, n, loss_sum = all_reduce_sum(counts).tolist()
-        if n == 0:
-            raise RuntimeError(f"evaluation read no samples from {getattr(reader.info, 'path', 'the split')}")
-        out = {"top1_err": 1 - top1 / n, "loss": loss_sum / n, "samples": int(n)}
-        if self.num_classes > 5:
-            out["top5_err"] = 1 - top5 / n
-        return out
+        return counts
 
     # ---- state -------------------------------------------------------------------------------
     def learning_rates(self) -> dict[str, float]:

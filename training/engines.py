@@ -34,7 +34,7 @@ from bioscale.distributed.gradient_sync import all_reduce_gradients
 from bioscale.distributed.process_group import barrier, is_initialized
 from bioscale.training.checkpoint import CheckpointError, CheckpointManager
 from bioscale.training.config import ConfigError, ExperimentConfig
-from bioscale.training.evaluation import evaluate
+from bioscale.training.evaluation import add_batch_counts, evaluate, summarize
 
 log = logging.getLogger("bioscale.train")
 StateCheck = Callable[[dict], None]
@@ -186,7 +186,8 @@ class PipelineEngine(Engine):
             raise ConfigError(f"config: {exc}") from None
 
     def evaluate(self, reader, autocast_dtype: torch.dtype | None) -> dict[str, float]:
-        return self.updater.evaluate(reader, autocast_dtype)
+        counts = self.updater.evaluate(reader, add_batch_counts, autocast_dtype)
+        return summarize(counts, self.updater.num_classes, reader)
 
     def _manager(self, run_dir: Path, keep: int = 3) -> CheckpointManager:
         return CheckpointManager(run_dir, keep=keep, subdir=f"checkpoints/stage{self.stage}")
