@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from bioscale.algorithms import Updater
 from bioscale.distributed.pipeline_engine import PipelineStageEngine
 from bioscale.distributed.process_group import all_reduce_sum
-from tests.scale.workers import OPTIM, make_batches, make_learner
+from tests.scale.workers import OPTIM, make_batches, make_learner, reference
 
 
 def _sums(out) -> list[float]:
@@ -47,23 +46,9 @@ def stage_jobs(jobs: list[dict]) -> list[dict]:
 
 
 def reference_curve(rule: str, steps: int, batch: int, phases: list[str] | None = None) -> tuple[dict, list]:
-    """One process, the whole batch per step (as tests.scale.workers.reference), with the
+    """One process, the whole batch per step (tests.scale.workers.reference), with the
     same per-step sums as `stage_jobs` reports."""
-    learner = make_learner(rule)
-    updater = Updater(learner, OPTIM)
-    curve = []
-    for i, (x, y, *noise) in enumerate(make_batches(rule, steps, batch)):
-        phase = phases[i] if phases else "both"
-        for opt in updater.optimizers():
-            opt.zero_grad(set_to_none=True)
-        out = learner(x, y, phase=phase, noise=noise[0] if noise else None)
-        out.loss.backward()
-        if phase != "inverse":
-            updater.forward.step()
-        if updater.inverse is not None and phase != "forward":
-            updater.inverse.step()
-        curve.append(_sums(out))
-    return {k: v.detach().clone() for k, v in learner.state_dict().items()}, curve
+    return reference(rule, steps, batch, phases, record=_sums)
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:

@@ -38,9 +38,12 @@ def make_batches(rule: str, steps: int, batch: int, dtype=torch.float64, seed: i
     return out
 
 
-def reference(rule: str, steps: int, batch: int, phases: list[str] | None = None) -> tuple[dict, list[float]]:
+def reference(
+    rule: str, steps: int, batch: int, phases: list[str] | None = None, record=lambda out: float(out.task_loss)
+) -> tuple[dict, list]:
     """One process, the whole global batch per step, plain loss.backward(); step() of the
-    optimisers the phase trains (as algorithms.Updater, with the shared noise passed in)."""
+    optimisers the phase trains (as algorithms.Updater, with the shared noise passed in).
+    Returns the final state and `record(out)` of every step (default: the task loss)."""
     learner = make_learner(rule)
     updater = Updater(learner, OPTIM)
     losses = []
@@ -54,7 +57,7 @@ def reference(rule: str, steps: int, batch: int, phases: list[str] | None = None
             updater.forward.step()
         if updater.inverse is not None and phase != "forward":
             updater.inverse.step()
-        losses.append(float(out.task_loss))
+        losses.append(record(out))
     return {k: v.detach().clone() for k, v in learner.state_dict().items()}, losses
 
 
