@@ -143,8 +143,15 @@ class CheckpointManager:
         path = self.dir / checkpoint_name(step)
         with atomic_open(path, "wb") as f:
             writer = _HashingWriter(f)
-            # torch.save only calls write() and flush() on a file object
-            torch.save(state, cast(IO[bytes], writer))
+            try:
+                # torch.save only calls write() and flush() on a file object
+                torch.save(state, cast(IO[bytes], writer))
+            except RuntimeError as exc:
+                # Ctrl-C inside torch.save: its zip writer's cleanup then fails too ("unexpected
+                # pos") and hides the interrupt; surface the interrupt (the temp file is dropped)
+                if isinstance(exc.__context__, KeyboardInterrupt):
+                    raise exc.__context__ from None
+                raise
         record = CheckpointRecord(path.name, step, writer.size, writer.sha256.hexdigest())
         kept = [r for r in self.records() if r.step < step][-(self.keep - 1) :] if self.keep > 1 else []
         self._write_marker([*kept, record])

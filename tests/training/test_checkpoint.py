@@ -214,3 +214,22 @@ def test_check_compatible_names_the_differences():
     assert msg.startswith("other.pt: does not fit this model")
     assert "missing (1): l2.w" in msg and "unexpected (1): l3.w" in msg
     assert "l1.w: (5, 3) in file, (4, 3) in model" in msg
+
+
+def test_ctrl_c_inside_torch_save_surfaces_as_the_interrupt(tmp_path, monkeypatch):
+    """torch.save's zip writer fails in its cleanup ("unexpected pos") when Ctrl-C lands
+    inside it, hiding the interrupt: the manager re-raises the KeyboardInterrupt (the CLI
+    turns that into one line and exit 130) and leaves no partial file."""
+    from bioscale.training import checkpoint
+
+    def interrupted_save(obj, f):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from None
+
+    manager = checkpoint.CheckpointManager(tmp_path, keep=2)
+    monkeypatch.setattr(checkpoint.torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        manager.save({"step": 1}, 1)
+    assert list(manager.dir.iterdir()) == []
