@@ -18,14 +18,20 @@ from tests.training.test_multiprocess import free_port
 WORKER = Path(__file__).with_name("weight_sharing_worker.py")
 
 
-def test_sharing_reaches_module_and_master_weights_at_every_zero_stage():
+def _run_worker(mode: str) -> list[dict]:
+    """The worker on 2 torchrun ranks at ZeRO 0-3; one result line per stage."""
     exe = Path(sys.executable).with_name("torchrun")
     cmd = [str(exe), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parents[2])}
-    proc = subprocess.run([*cmd, str(WORKER), "0,1,2,3", "sdtp"], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([*cmd, str(WORKER), "0,1,2,3", mode], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [r["stage"] for r in results] == [0, 1, 2, 3]
+    return results
+
+
+def test_sharing_reaches_module_and_master_weights_at_every_zero_stage():
+    results = _run_worker("sdtp")
     lr = 1e-3
     for r in results:
         stage = r["stage"]
@@ -42,12 +48,6 @@ def test_kp_decay_relation_on_the_engine_at_every_zero_stage():
     """KP through DeepSpeed (its own param groups, from algorithms.optim.param_groups): B − W
     shrinks by exactly (1 − lr·λ) per step at ZeRO 0-3 (fp32 rounding), while W learns; at
     ZeRO-3 B is partitioned with W and read inside the layer's module call."""
-    exe = Path(sys.executable).with_name("torchrun")
-    cmd = [str(exe), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parents[2])}
-    proc = subprocess.run([*cmd, str(WORKER), "0,1,2,3", "kp"], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert [r["stage"] for r in results] == [0, 1, 2, 3]
+    results = _run_worker("kp")
     for r in results:
         assert r["relative_error"] < 1e-5 and r["min_weight_change"] > 1e-4, r
