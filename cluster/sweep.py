@@ -164,6 +164,7 @@ class Sweep:
                 )
             return cls(root, stored, executor)
         if stored is not None:
+            stored.base_config = ExperimentConfig.upgraded(stored.base_config, str(root / BASE_CONFIG_FILE))
             diffs = _differences(asdict(stored), asdict(spec))
             if diffs:
                 raise ConfigError(

@@ -185,6 +185,12 @@ class ExperimentConfig:
         """Build from a (possibly partial) nested dict over the defaults; strict like a YAML file."""
         return _build([(data, source)])
 
+    @classmethod
+    def upgraded(cls, stored: dict[str, Any], source: str = "<stored config>") -> dict[str, Any]:
+        """A config stored by an earlier version as this version reads it: keys added since
+        take their defaults, so a run or sweep started before them compares equal and resumes."""
+        return cls.from_dict(stored, source).to_dict()
+
     def save_yaml(self, path: str | Path) -> None:
         """Write the merged config; `load_config(path)` reads it back equal."""
         text = "# merged bioscale config: defaults <- experiment file <- overrides\n"

@@ -136,7 +136,7 @@ class Trainer:
         self.engine.save(self.run_dir, self.step, self._state(), self.cfg.train.keep_checkpoints)
 
     def _check_same_run(self, state: dict) -> None:
-        saved = state["config"]
+        saved = ExperimentConfig.upgraded(state["config"], f"{self.run_dir} checkpoint config")
         for section in ("model", "algorithm"):
             if saved[section] != self.cfg.to_dict()[section]:
                 raise ConfigError(

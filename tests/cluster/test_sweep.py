@@ -127,6 +127,13 @@ def test_rerunning_the_sweep_submits_nothing(sweep):
     assert len(before) == 8  # 6 trials + 2 continued
     again = bioscale(*sweep["args"], check=True)
     assert "submitted" not in again.stdout + again.stderr
+    # a sweep stored by an earlier version (before model.weight_sharing existed) is the same sweep
+    spec_file = sweep["dir"] / "sweep.json"
+    spec = json.loads(spec_file.read_text())
+    del spec["base_config"]["model"]["weight_sharing"]
+    spec_file.write_text(json.dumps(spec))
+    older = bioscale(*sweep["args"])
+    assert older.returncode == 0 and "submitted" not in older.stdout + older.stderr, older.stderr
     # a different sweep in the same directory is refused, naming what differs
     args = list(sweep["args"])
     args[args.index("--seed") + 1] = "2"

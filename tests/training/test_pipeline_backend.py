@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -208,7 +209,9 @@ def test_kill_9_of_one_rank_mid_epoch_then_the_same_command_gives_the_same_histo
     assert not (out / "result.json").exists() or json.loads((out / "result.json").read_text())["epochs_completed"] < 2
     resumed = train(shards, out, *layout, *longer, epochs=2, ranks=2)  # the same command
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed" in resumed.stderr and "at step 16 (epoch 1)" in resumed.stderr
+    # at the kill's checkpoint 16, or 20 where a loaded machine let rank 1 write one more
+    at = re.search(r"resumed \S+ at step (\d+) \(epoch 1\)", resumed.stderr)
+    assert at and int(at[1]) in (16, 20), resumed.stderr
     # equal up to the order of summation (the partial sums were all-reduced at the checkpoint)
     assert_same_history(history(out), history(ref))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from bioscale.training.checkpoint import CheckpointManager
 from tests.datasets import prepare_small_fashion
 
 BASE = [
@@ -188,7 +189,17 @@ def test_resume_refuses_a_different_experiment(shards, tmp_path):
     assert (
         run(train_cmd(shards, out, "train.max_steps_per_epoch=2", "train.eval_splits=[val]", epochs=1)).returncode == 0
     )
-    proc = run(train_cmd(shards, out, "train.max_steps_per_epoch=2", "train.eval_splits=[val]", epochs=2, rule="bp"))
+    # a checkpoint of an earlier version (no model.weight_sharing keys yet) resumes: keys added
+    # since take their defaults
+    manager = CheckpointManager(out)
+    record = manager.records()[-1]
+    state = torch.load(out / "checkpoints" / record.file, map_location="cpu", weights_only=False)
+    for key in ("weight_sharing", "weight_sharing_every_steps"):
+        del state["config"]["model"][key]
+    manager.save(state, record.step)
+    same = run(train_cmd(shards, out, "train.max_steps_per_epoch=2", "train.eval_splits=[val]", epochs=2))
+    assert same.returncode == 0 and "resumed" in same.stderr, same.stderr
+    proc = run(train_cmd(shards, out, "train.max_steps_per_epoch=2", "train.eval_splits=[val]", epochs=3, rule="bp"))
     assert proc.returncode == 2 and "different algorithm config" in proc.stderr, proc.stderr
 
 
