@@ -19,7 +19,6 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 import submitit
@@ -57,13 +56,10 @@ class TrainingJob(submitit.helpers.Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # No weights here (see the module docstring): resubmit the same callable;
         # on restart the trainer resumes from the newest periodic checkpoint.
-        from bioscale.training.checkpoint import CheckpointManager
+        from bioscale.training.checkpoint import resumable_step
 
-        out = self.config["out"]
-        # reads the marker only, no weights (a pipeline run keeps one per stage: stage 0's)
-        staged = (Path(out) / "checkpoints" / "stage0").is_dir()
-        records = CheckpointManager(out, subdir="checkpoints/stage0" if staged else "checkpoints").records()
-        marker = f"step {records[-1].step}" if records else "none yet (the run restarts from step 0)"
+        step = resumable_step(self.config["out"])  # the marker only, no weights
+        marker = f"step {step}" if step is not None else "none yet (the run restarts from step 0)"
         log.warning(
             "%s: preempted or timed out; requeueing, will resume from the last periodic checkpoint, %s",
             self.label,

@@ -105,6 +105,11 @@ class CheckpointManager:
         path = self.dir / MARKER
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and "stages" in data:
+                raise CheckpointError(
+                    f"{path}: this run directory holds a {len(data['stages'])}-stage pipeline run; resume it with "
+                    f"distributed.backend=pipeline distributed.stages={len(data['stages'])}, or use another --out"
+                )
             return [CheckpointRecord(**r) for r in data["checkpoints"]]
         except FileNotFoundError:
             return None
@@ -240,6 +245,48 @@ class CheckpointManager:
         if problems:
             raise CheckpointError("no usable checkpoint:\n  " + "\n  ".join(problems))
         return None
+
+
+# ------------------------------------------------------------- pipeline runs
+
+
+def write_stages_marker(run_dir: str | Path, step: int, stages: int) -> None:
+    """`checkpoints/latest` of a pipeline run, written once every stage has saved `step`:
+    the step the whole model can resume from and each stage's file (in its own
+    `checkpoints/stage{s}/`, whose marker lists that stage's kept checkpoints)."""
+    data = {"step": step, "stages": [f"stage{s}/{checkpoint_name(step)}" for s in range(stages)]}
+    atomic_write_text(Path(run_dir) / "checkpoints" / MARKER, json.dumps(data, indent=1) + "\n")
+
+
+def resumable_step(run_dir: str | Path) -> int | None:
+    """The step a re-run of this run directory resumes from, from the markers alone (no
+    weights read; for log lines): `checkpoints/latest` of any backend but DeepSpeed's."""
+    try:
+        data = json.loads((Path(run_dir) / "checkpoints" / MARKER).read_text(encoding="utf-8"))
+        return int(data["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_stages_marker(run_dir: str | Path, stages: int) -> None:
+    """Refuse to resume a pipeline of `stages` stages from a run directory holding another
+    layout: a pipeline of a different depth, or a run of another backend."""
+    top = Path(run_dir) / "checkpoints"
+    try:
+        data = json.loads((top / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    if isinstance(data, dict) and "stages" in data:
+        if len(data["stages"]) != stages:
+            raise CheckpointError(
+                f"{top / MARKER}: a {len(data['stages'])}-stage pipeline run, now distributed.stages = {stages}; "
+                "resume with the same stages or use another --out"
+            )
+    elif data is not None or any(top.glob("step_*.pt")) or (top / "deepspeed").is_dir():
+        raise CheckpointError(
+            f"{top}: holds checkpoints of a run without the pipeline; resume it with its own "
+            "distributed.backend, or use another --out"
+        )
 
 
 # ------------------------------------------------------------- foreign weights

@@ -13,7 +13,8 @@ a run directory is the trainer's business:
     deepspeed  checkpoints/deepspeed/ (DeepSpeed's sharded files, every rank writes)
     pipeline   checkpoints/stage{s}/step_*.pt + latest (replica 0 of each stage; its
                weights under the single-process names, so the stage files merge into
-               one model); resume takes the newest step every stage has.
+               one model), and checkpoints/latest once every stage has saved a step;
+               resume takes the newest step every stage has.
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ from bioscale.distributed import init_distributed, local_device
 from bioscale.distributed.environment import DistEnv
 from bioscale.distributed.gradient_sync import all_reduce_gradients
 from bioscale.distributed.process_group import barrier, is_initialized
-from bioscale.training.checkpoint import CheckpointError, CheckpointManager
+from bioscale.training.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    check_stages_marker,
+    write_stages_marker,
+)
 from bioscale.training.config import ConfigError, ExperimentConfig
 from bioscale.training.evaluation import add_batch_counts, evaluate, summarize
 
@@ -197,8 +203,11 @@ class PipelineEngine(Engine):
         if self.is_writer:
             self._manager(run_dir, keep).save({**state, **whole, "stage": self.stage}, step)
         barrier()  # a checkpoint step exists once every stage has written it
+        if self.env.rank == 0:
+            write_stages_marker(run_dir, step, self.cfg.distributed.stages)
 
     def load(self, run_dir: Path, check: StateCheck) -> dict | None:
+        check_stages_marker(run_dir, self.cfg.distributed.stages)
         manager = self._manager(run_dir)
         records = manager.records() if manager.dir.is_dir() else []
         # the newest step every stage has (a kill between two stages' saves leaves one behind)

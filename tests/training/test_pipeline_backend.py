@@ -96,7 +96,10 @@ def test_two_stage_pipeline_trains_like_one_process_and_resumes(shards, tmp_path
     # the usual run directory, one checkpoint directory per stage
     for name in ("config.yaml", "metrics.jsonl", "result.json", "tb"):
         assert (run / name).exists(), name
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["stage0", "stage1"]
+    # one checkpoint directory per stage, and one marker for the step every stage has
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "stage0", "stage1"]
+    marker = json.loads((run / "checkpoints" / "latest").read_text())
+    assert marker["step"] == 12 and marker["stages"] == [f"stage{s}/step_0000000012.pt" for s in (0, 1)]
     assert_same_history(history(run), history(tmp_path / "one"))
     a, b = final_weights(tmp_path / "one"), stage_weights(run)
     assert a.keys() == b.keys()  # the stages' files merge into the single-process state dict
@@ -104,6 +107,13 @@ def test_two_stage_pipeline_trains_like_one_process_and_resumes(shards, tmp_path
         assert torch.allclose(a[k], b[k], atol=1e-9, rtol=0), f"{k}: max diff {(a[k] - b[k]).abs().max():.2e}"
     logged = set().union(*(json.loads(line) for line in (run / "metrics.jsonl").open()))
     assert {"train/loss", "train/top1_err", "val/top1_err", "perf/images_per_sec", "layer1/local_loss"} <= logged
+    if rule == "sdtp":  # a run directory of the other layout is refused with the reason, not overwritten
+        plain = train(shards, run, *rule_args, epochs=3, config=config)
+        assert plain.returncode == 1 and "Traceback" not in plain.stderr, plain.stderr
+        assert "holds a 2-stage pipeline run" in plain.stderr, plain.stderr
+        staged = train(shards, tmp_path / "one", *rule_args, *PIPELINE, epochs=3, ranks=2, config=config)
+        assert staged.returncode != 0 and "holds checkpoints of a run without the pipeline" in staged.stderr
+        assert len(history(run)) == len(history(tmp_path / "one")) == 2  # neither run went on
 
 
 @pytest.mark.parametrize(
