@@ -1,5 +1,5 @@
-"""Learning rules (BP, FA, DFA, DTP, SDTP, AO-SDTP, sign-symmetry, Kolen–Pollack) as what crosses each block boundary
-in the backward pass; inverse losses; schedules; optimizers; BP-angle diagnostics.
+"""Learning rules (BP, FA, DFA, DTP, SDTP, AO-SDTP, sign-symmetry, Kolen–Pollack, L-DRL, DRL) as what crosses each
+block boundary in the backward pass; inverse losses; schedules; optimizers; BP-angle diagnostics.
 
 Knows nothing of data or the cluster."""
 
@@ -13,7 +13,8 @@ from bioscale.algorithms.config import (
     RuleConfig,
 )
 from bioscale.algorithms.learner import Learner, StepOutput, build_learner
-from bioscale.algorithms.rules import RULE_CLASSES, Rule, build_rule
+from bioscale.algorithms.registry import RULE_CLASSES, build_rule
+from bioscale.algorithms.rules import Rule
 
 __all__ = [
     "INVERSE_LOSSES",

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-RULES = ("bp", "fa", "dfa", "dtp", "sdtp", "aosdtp", "signsym", "kp")
-TP_RULES = ("dtp", "sdtp", "aosdtp")
+RULES = ("bp", "fa", "dfa", "dtp", "sdtp", "aosdtp", "signsym", "kp", "ldrl", "drl")
+TP_RULES = ("dtp", "sdtp", "aosdtp", "ldrl", "drl")
 """The target-propagation rules: those that learn inverses g_l (and so take an inverse
 loss, σ and a schedule). `rules.Rule.target_propagation` is derived from this tuple."""
+DRL_RULES = ("ldrl", "drl")
+"""The TP rules whose inverses are trained with a difference reconstruction loss
+(`algorithms.drl`); the only ones that take `beta`, `drl_noise_samples`, `feedback_iterations`."""
 SCHEDULES = ("parallel", "alternating")
 INVERSE_LOSSES = ("denoising", "noise_preserving")
 
@@ -21,7 +24,9 @@ class RuleConfig:
     rule: str = "sdtp"
     """Learning rule: bp | fa | dfa | dtp | sdtp | aosdtp | signsym (sign-symmetric feedback
     s·sign(W_l), Liao et al. 2016 / Xiao et al. 2018) | kp (Kolen–Pollack: trained feedback
-    B_l that gets W_l's gradient, plus decay; Akrout et al. 2019)."""
+    B_l that gets W_l's gradient, plus decay; Akrout et al. 2019) | ldrl (DTP whose inverses
+    learn f_l's Jacobian transpose with the local difference reconstruction loss; Ernoult et
+    al. 2022) | drl (DTP with the difference reconstruction loss; Meulemans et al. 2020)."""
     schedule: str | None = None
     """TP rules only: 'parallel' (forward and inverse losses every batch) or 'alternating'
     (one full epoch of inverse training, then one of forward training). Default parallel."""
@@ -41,6 +46,18 @@ class RuleConfig:
     `decoupled_weight_decay`, AdamW), so B_l − W_l shrinks by exactly (1 − lr·λ) per step
     (W and B get equal gradients, hence equal Adam states and updates). Biases and W_1 are
     not decayed; optim.forward.weight_decay does not apply to the decayed weights. Default 0.1."""
+    beta: float | None = None
+    """LDRL/DRL only: step of the output target ĥ_L = o − β ∂L/∂o in logit space (L summed over
+    the batch, so ∂L/∂o = softmax(o) − onehot per sample, as in Ernoult et al.'s code, which sums
+    too); the target reaches h_{L-1} through the trained output inverse g_L. Default 0.7 (theirs)."""
+    drl_noise_samples: int | None = None
+    """LDRL/DRL only: K, the noise samples per layer and batch over which the difference
+    reconstruction loss is averaged (a lower-variance estimate for K times the inverse compute).
+    Default 1 (Ernoult et al.'s `feedback_samples_per_iteration`)."""
+    feedback_iterations: int | None = None
+    """LDRL/DRL only: inverse-optimizer steps per batch. Only 1 (the default) is supported yet:
+    the DDP, DeepSpeed and pipeline engines step their optimizers themselves, so extra inverse
+    steps could not run on every engine. (Ernoult et al. used 20–55 per layer and batch.)"""
     feedback_seed: int = 1234
     """FA/DFA: seed of the fixed random feedback matrices; KP: of the initial B_l; AO-SDTP: of
     the auxiliary projection."""

@@ -18,7 +18,8 @@ from torch import nn
 
 from bioscale.algorithms.config import RuleConfig
 from bioscale.algorithms.feedback import FeedbackTrace, TraceGap
-from bioscale.algorithms.rules import PHASES, Rule, build_rule
+from bioscale.algorithms.registry import build_rule
+from bioscale.algorithms.rules import PHASES, Rule
 from bioscale.models import Network, build_network
 
 
@@ -84,7 +85,8 @@ class Learner(nn.Module):
         """phase: 'both' (task + inverse losses), 'forward' (task loss only) or 'inverse'
         (inverse losses only; the forward pass then runs without a graph). `grad_scale` is c,
         the factor the caller applies to `loss` before backward. `noise[l]`: the ε added to
-        h_{l-1} for layer l's inverse loss (tests pass a shared draw)."""
+        h_{l-1} for layer l's inverse loss (tests pass a shared draw; its per-sample shape is
+        `rule.noise_shape(net, l)`: the difference reconstruction rules take more)."""
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
         if phase != "both" and not self.rule.target_propagation:

@@ -11,6 +11,9 @@ train the feedback path (`inverse_losses`). The training step is always
     AO-SDTP SDTP whose output is [o, z], z a fixed random projection of h_{L-1}
     SIGNSYM FA with B_l = s_l·sign(W_l), rebuilt every forward
     KP      FA with B_l trained on W_l's gradient plus decay (Kolen–Pollack), B → W
+    LDRL, DRL  DTP with difference-reconstruction-trained inverses: `algorithms.drl`
+
+All rules by name: `algorithms.registry` (`RULE_CLASSES`, `build_rule`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Collection, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from bioscale.algorithms.config import INVERSE_LOSSES, RULES, SCHEDULES, TP_RULES, RuleConfig
+from bioscale.algorithms.config import DRL_RULES, INVERSE_LOSSES, SCHEDULES, TP_RULES, RuleConfig
 from bioscale.algorithms.feedback import DifferenceTarget, DirectFeedback, FeedbackTrace, FixedTopSignal, ScaleGrad
 from bioscale.models.init import glorot_uniform_
 
@@ -93,6 +96,9 @@ class Rule:
             raise ValueError(f"algorithm.aux_dim applies to rule 'aosdtp' only, not {self.name!r}")
         if cfg.kp_decay is not None and self.name != "kp":
             raise ValueError(f"algorithm.kp_decay applies to rule 'kp' only, not {self.name!r}")
+        for key in ("beta", "drl_noise_samples", "feedback_iterations"):
+            if getattr(cfg, key) is not None and self.name not in DRL_RULES:
+                raise ValueError(f"algorithm.{key} applies to rules {' and '.join(DRL_RULES)} only, not {self.name!r}")
 
     @property
     def schedule(self) -> str:
@@ -132,7 +138,8 @@ class Rule:
         layers: Collection[int] | None = None,
     ) -> dict[int, torch.Tensor]:
         """Inverse loss per layer l of `inverse_layers(net.depth)` (only those in `layers`, if
-        given: a pipeline stage's own), from hs[l-1] = h_{l-1} (a list, or a stage's dict)."""
+        given: a pipeline stage's own), from hs[l-1] = h_{l-1} (a list, or a stage's dict).
+        `noise[l]`: the explicit noise (tests), of shape (N, *`noise_shape(net, l)`)."""
         return {}
 
 
@@ -319,6 +326,10 @@ class TargetPropagation(Rule):
     def inverse_layers(self, depth):
         return list(range(2, depth + 1 if self.uses_output_inverse else depth))
 
+    def noise_shape(self, net, l: int) -> tuple[int, ...]:
+        """Per-sample shape of an explicit `noise[l]`: here ε at h_{l-1} (`algorithms.drl`: more)."""
+        return tuple(net.blocks[l - 1].in_shape)
+
     def inverse_losses(self, net, hs, noise, layers=None):
         """Σ_batch ½‖target − g_l(f_l(h_{l-1} + ε))‖², f under no_grad, h_{l-1} detached.
         `noise[l]` (optional) is the ε added to h_{l-1}; otherwise ε ~ N(0, σ²)."""
@@ -394,17 +405,3 @@ class AOSDTP(SDTP):
         self.aux_dim = 512 if cfg.aux_dim is None else int(cfg.aux_dim)
         if self.aux_dim < 1:
             raise ValueError(f"algorithm.aux_dim must be >= 1, got {cfg.aux_dim!r}")
-
-
-RULE_CLASSES: dict[str, type[Rule]] = {cls.name: cls for cls in (BP, FA, DFA, DTP, SDTP, AOSDTP, SignSym, KP)}
-assert tuple(RULE_CLASSES) == RULES
-# the TP rules (by name) are the TargetPropagation classes (by behaviour)
-assert all((name in TP_RULES) == issubclass(cls, TargetPropagation) for name, cls in RULE_CLASSES.items())
-
-
-def build_rule(cfg: RuleConfig) -> Rule:
-    try:
-        cls = RULE_CLASSES[cfg.rule]
-    except KeyError:
-        raise ValueError(f"unknown rule {cfg.rule!r}; known: {', '.join(RULES)}") from None
-    return cls(cfg)

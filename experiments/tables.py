@@ -33,6 +33,8 @@ RULE_NAMES = {
     "bp": "BP",
     "signsym": "Sign-symmetry",
     "kp": "Kolen–Pollack",
+    "ldrl": "L-DRL",
+    "drl": "DRL",
 }
 
 
@@ -484,17 +486,21 @@ _register(
 )
 
 
-# ---- beyond the paper: the later FA variants and LC weight sharing (configs/later_rules) ----
+# ---- beyond the paper: later FA and TP variants, LC weight sharing (configs/later_rules) ----
 LATER_RULES = ("signsym", "kp")
+LATER_TP_RULES = ("ldrl", "drl")
 
 
-def _later_rows(folder: str, kind: str, archs: tuple[str, ...]) -> tuple[Row, ...]:
-    """signsym and kp on each of the ICLR nets `archs`, then BP on the LC net with instant
-    weight sharing every 10 steps (arch label lc_ws)."""
+def _later_rows(folder: str, kind: str, archs: tuple[str, ...], tp_rules: tuple[str, ...]) -> tuple[Row, ...]:
+    """signsym and kp on each of the ICLR nets `archs`, the later TP rules `tp_rules` (parallel)
+    on the LC net, then BP on the LC net with instant weight sharing every 10 steps (lc_ws)."""
     rows = [
         Row(rule, None, arch, f"iclr_{kind}_{arch}", f"later_rules/{folder}/{arch}_{rule}.yaml")
         for arch in archs
         for rule in LATER_RULES
+    ]
+    rows += [
+        Row(rule, "parallel", "lc", f"iclr_{kind}_lc", f"later_rules/{folder}/lc_{rule}.yaml") for rule in tp_rules
     ]
     rows.append(Row("bp", None, "lc_ws", f"iclr_{kind}_lc", f"later_rules/{folder}/lc_ws_bp.yaml"))
     return tuple(rows)
@@ -504,9 +510,9 @@ _LATER_TITLES = {"fc": "ICLR FC (7×240)", "lc": "ICLR LC", "lc_ws": "ICLR LC, w
 _register(
     Table(
         "later-fashion-mnist",
-        "Fashion-MNIST, beyond the paper: sign-symmetry, Kolen–Pollack, LC weight sharing",
+        "Fashion-MNIST, beyond the paper: sign-symmetry, Kolen–Pollack, L-DRL, DRL, LC weight sharing",
         "fashion-mnist",
-        _later_rows("fashion_mnist", "mnist", ("fc", "lc")),
+        _later_rows("fashion_mnist", "mnist", ("fc", "lc"), LATER_TP_RULES),
         {
             "small": TABLES["fashion-mnist"].budgets["small"],
             "full": Budget(
@@ -526,9 +532,11 @@ _register(
 _register(
     Table(
         "later-imagenet",
-        "ImageNet, beyond the paper: sign-symmetry, Kolen–Pollack, LC weight sharing on the ICLR LC net",
+        "ImageNet, beyond the paper: sign-symmetry, Kolen–Pollack, L-DRL, LC weight sharing on the ICLR LC net",
         "imagenet",
-        _later_rows("imagenet", "imagenet", ("lc",)),
+        # no DRL row: its loss runs the whole net above each layer forward and back
+        # (configs/later_rules/imagenet/lc_ldrl.yaml)
+        _later_rows("imagenet", "imagenet", ("lc",), ("ldrl",)),
         {"small": _small(2, 50, "train.angle_every_steps=0"), **_paper_budget()},
         top5=True,
         paper_note="No paper numbers; compare with the imagenet table's ICLR rows (same net, 18 epochs).",

@@ -1,9 +1,9 @@
-"""SDTP, AO-SDTP, FA, DFA, sign-symmetry and KP (and DTP below its penultimate layer) use no forward weight of a
-higher layer in a lower layer's update. After the forward pass, W_{l+1} is overwritten in place
-(`no_grad().copy_`): BP's
-backward then raises (autograd's version check — it needed W_{l+1}), while the other rules'
-updates of every layer ≤ l are bit-for-bit unchanged. (Replacing the Parameter object
-would prove nothing: the graph keeps the old tensor; `.data.copy_` would change BP silently.)"""
+"""SDTP, AO-SDTP, FA, DFA, sign-symmetry, KP, LDRL and DRL (and DTP below its penultimate
+layer) use no forward weight of a higher layer in a lower layer's update. After the forward
+pass, W_{l+1} is overwritten in place (`no_grad().copy_`): BP's backward then raises
+(autograd's version check — it needed W_{l+1}), while the other rules' updates of every
+layer ≤ l are bit-for-bit unchanged. (Replacing the Parameter object would prove nothing:
+the graph keeps the old tensor; `.data.copy_` would change BP silently.)"""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from bioscale.algorithms import RuleConfig, build_learner
 
 # signsym reads sign(W_l) in the forward only (it builds B_l = s·sign(W_l) there; that it
 # reads the signs alone is tests/algorithms/test_later_rules.py); kp's signal and B's update
-# read B and the layer's activity, never W.
-RULES_WITHOUT_TRANSPORT = ("fa", "dfa", "dtp", "sdtp", "aosdtp", "signsym", "kp")
+# read B and the layer's activity, never W. ldrl and drl send their top target through the
+# trained g_L (not W_L), so they cover the output layer too.
+RULES_WITHOUT_TRANSPORT = ("fa", "dfa", "dtp", "sdtp", "aosdtp", "signsym", "kp", "ldrl", "drl")
 
 
 def lower_grads(arch, rule, replace_layer, shape):

@@ -56,8 +56,8 @@ def test_layout_is_stage_major():
 def test_usr2_preemption_of_a_pipeline_job_resumes_every_stage(slurm, shards, fast_config, tmp_path):
     """float64, σ > 0: each stage restores its own noise RNG state, so the requeued run's
     history equals the uninterrupted one (up to the order of the all-reduced partial sums)."""
-    common = ["--config", fast_config, "--data", shards, "--out", tmp_path, "--tasks-per-node", "2", *PIPELINE]
-    longer = ["--epochs", "4", "model.dtype=float64", "algorithm.sigma=0.05", "train.eval_splits=[val]"]
+    common = ["--config", fast_config, "--data", shards, "--out", tmp_path, "--tasks-per-node", "2", "--epochs", "3"]
+    longer = [*PIPELINE, "model.dtype=float64", "algorithm.sigma=0.05", "train.eval_splits=[val]"]
     job = submitted_job_id(bioscale("launch", *common, "--name", "pipe", *longer, check=True).stdout)
     run = tmp_path / "pipe"
     # as soon as every stage has saved a step (the run-level marker) and before the run ends
@@ -75,10 +75,10 @@ def test_usr2_preemption_of_a_pipeline_job_resumes_every_stage(slurm, shards, fa
     assert [s for s, _ in runs] == ["REQUEUED", "COMPLETED"], (runs, log[-3000:])
     assert "will resume from the last periodic checkpoint, step" in log
     resumed = [int(m) for m in re.findall(r"resumed \S+ at step (\d+)", log)]
-    assert len(resumed) == 1 and step <= resumed[0] < 80, (resumed, log[-3000:])
+    assert len(resumed) == 1 and step <= resumed[0] < 60, (resumed, log[-3000:])
     a, b = result(run), result(tmp_path / "reference")
-    assert a["epochs_completed"] == b["epochs_completed"] == 4 and a["steps"] == b["steps"]
-    assert len(a["history"]) == len(b["history"]) == 4
+    assert a["epochs_completed"] == b["epochs_completed"] == 3 and a["steps"] == b["steps"]
+    assert len(a["history"]) == len(b["history"]) == 3
     for ra, rb in zip(a["history"], b["history"]):
         assert ra.keys() == rb.keys()
         for k in ra:

@@ -43,7 +43,8 @@ ALTERNATING = ["inverse", "forward", "inverse"]  # one phase per step, as epochs
 @pytest.mark.parametrize(
     "stages, rules",
     [
-        (2, ("bp", "fa", "dfa", "dtp", "sdtp", "aosdtp", "sdtp-alternating", "signsym", "kp")),
+        # (no drl: its loss reads the layers above each stage, so it refuses the pipeline)
+        (2, ("bp", "fa", "dfa", "dtp", "sdtp", "aosdtp", "sdtp-alternating", "signsym", "kp", "ldrl")),
         (4, ("bp", "dfa", "sdtp")),
     ],
 )

@@ -31,7 +31,7 @@ def make_batches(rule: str, steps: int, batch: int, dtype=torch.float64, seed: i
         x = torch.randn(batch, *learner.net.input_shape, generator=g, dtype=dtype)
         y = torch.randint(0, 10, (batch,), generator=g)
         noise = {
-            l: 0.1 * torch.randn(batch, *learner.net.blocks[l - 1].in_shape, generator=g, dtype=dtype)
+            l: 0.1 * torch.randn(batch, *learner.rule.noise_shape(learner.net, l), generator=g, dtype=dtype)
             for l in learner.rule.inverse_layers(learner.net.depth)
         }
         out.append((x, y, noise) if noise else (x, y))

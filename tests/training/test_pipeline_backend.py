@@ -119,8 +119,10 @@ def test_two_stage_pipeline_trains_like_one_process_and_resumes(shards, tmp_path
 @pytest.mark.parametrize(
     ("config", "stages"),
     [
-        ("lc_bp", 2),
-        ("lc_dtp", 2),
+        # BP and DTP at S = 2 are slow here: the engine-level test covers every rule
+        # (tests/distributed/test_pipeline_engine.py), these the same through `bioscale train`
+        pytest.param("lc_bp", 2, marks=pytest.mark.slow),
+        pytest.param("lc_dtp", 2, marks=pytest.mark.slow),
         ("lc_sdtp_alt", 2),  # alternating: an inverse epoch, then a forward epoch
         pytest.param("lc_sdtp", 4, marks=pytest.mark.slow),
         pytest.param("lc_dfa", 4, marks=pytest.mark.slow),
@@ -191,7 +193,7 @@ def _rank_pids(parent: int) -> dict[int, int]:
     return out
 
 
-@pytest.mark.parametrize("backend", ["pipeline", "none"])
+@pytest.mark.parametrize("backend", ["pipeline", pytest.param("none", marks=pytest.mark.slow)])
 def test_kill_9_of_one_rank_mid_epoch_then_the_same_command_gives_the_same_history(shards, tmp_path, backend):
     """pipeline: rank 1 is the last stage; σ > 0: the inverse losses' noise is drawn on each
     stage's rank, so this also checks that every stage restores its own RNG state. none:
@@ -251,6 +253,7 @@ def test_two_stages_by_two_replicas_across_two_torchrun_nodes_match_one_process(
         assert torch.allclose(a[k], b[k], atol=1e-9, rtol=0), f"{k}: max diff {(a[k] - b[k]).abs().max():.2e}"
 
 
+@pytest.mark.slow  # the engine-level twin: tests/distributed/test_pipeline_engine.py (sharded stages)
 def test_sharded_pipeline_replicas_train_like_one_process_and_resume(shards, tmp_path):
     """distributed.zero_stage=3 with the pipeline: FSDP2 shards each stage over its replicas
     (here 1 stage × 2 replicas). Checkpoints hold the whole stage (gathered at save,
