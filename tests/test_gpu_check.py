@@ -27,6 +27,10 @@ def test_usage_and_exhausted_budget(tmp_path):
     assert proc.returncode == 1
 
 
+# slow (~100 s): every step it runs has its own test in the default suite (doctor, bench gpu,
+# bench precision, bf16 training on CPU, DeepSpeed ZeRO bf16 with angles); this checks the
+# script's plumbing end to end, before the one GPU session that runs it
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_cpu_mode_end_to_end(tmp_path):
     out = tmp_path / "check"

@@ -36,6 +36,7 @@ def test_rows_run_as_slurm_jobs_and_a_rerun_submits_nothing(slurm, shards, tmp_p
     assert [job_records(d) for d in run_dirs] == records
 
 
+@pytest.mark.slow  # the same rule on the local pool: tests/experiments/test_reproduce.py (diverged row)
 def test_a_diverged_row_is_not_resubmitted(slurm, shards, tmp_path):
     args = ["reproduce", "fashion-mnist", "--data", shards, "--out", tmp_path, "--rows", "fc_dfa",
             "--set", "optim.forward.lr=1e37", *FAST]  # fmt: skip

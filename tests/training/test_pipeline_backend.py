@@ -36,6 +36,8 @@ ARGS = [
     "train.eval_splits=[val]",
 ]
 PIPELINE = ["distributed.backend=pipeline", "distributed.stages=2"]
+# val error after 2 epochs of 6 steps, both pipeline modes (here: sync 0.50, decoupled 0.40; chance 0.9)
+VAL_BOUND = 0.8
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +161,6 @@ def test_pipeline_refuses_a_world_size_the_stages_do_not_divide(shards, tmp_path
     [
         ("distributed.micro_batches=3", "must divide data.batch_size_per_rank = 16"),
         ("distributed.micro_batches=1", "1f1b needs at least as many micro-batches as stages"),
-        ("distributed.pipeline_mode=decoupled", "decoupled updates are not available"),
         ("distributed.stage_boundaries=[5]", "must give each of the 2 stages >= 1 block"),
         ("distributed.schedule=zb", "must be one of 1f1b, gpipe"),
     ],
@@ -272,3 +273,90 @@ def test_sharded_pipeline_replicas_train_like_one_process_and_resume(shards, tmp
     a, b = final_weights(tmp_path / "one"), stage_weights(run)
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-9, rtol=0), f"{k}: max diff {(a[k] - b[k]).abs().max():.2e}"
+
+
+# ---- distributed.pipeline_mode=decoupled: our own schedule, a step after every micro-batch ----
+DECOUPLED = [*PIPELINE, "distributed.pipeline_mode=decoupled"]
+ONE_MICRO_BATCH = ["distributed.micro_batches=1"]
+
+
+@pytest.fixture(scope="module")
+def sync_one_micro_batch(shards, tmp_path_factory) -> Path:
+    """The sync pipeline, one micro-batch per batch (gpipe: the library's 1f1b needs M >= S),
+    2 epochs, σ = 0.1. Other M draw the inverse losses' noise in other shapes, which moves
+    the history by ~1e-5 (relative); decoupled updates move it by far more."""
+    run = tmp_path_factory.mktemp("sync_m1") / "run"
+    proc = train(shards, run, *PIPELINE, *ONE_MICRO_BATCH, "distributed.schedule=gpipe", epochs=2, ranks=2)
+    assert proc.returncode == 0, proc.stderr
+    return run
+
+
+def test_decoupled_pipeline_trains_through_bioscale_train_and_resumes(shards, tmp_path, sync_one_micro_batch):
+    """SDTP, 2 stages, M = 4 micro-batches: the usual run directory, per-stage checkpoints,
+    resume by re-running the command with one more epoch; a history of its own (stage 0
+    steps after each micro-batch, with staleness 1 on all but the first) that learns."""
+    run = tmp_path / "decoupled"
+    first = train(shards, run, *DECOUPLED, epochs=1, ranks=2)
+    assert first.returncode == 0, first.stderr
+    assert "pipeline stage 0 of 2 (layers [1, 2]) × 1 replicas, decoupled" in first.stderr
+    proc = train(shards, run, *DECOUPLED, epochs=2, ranks=2)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"resumed \S+ at step 6 \(epoch 1\)", proc.stderr), proc.stderr
+    for name in ("config.yaml", "metrics.jsonl", "result.json", "tb"):
+        assert (run / name).exists(), name
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "stage0", "stage1"]
+    marker = json.loads((run / "checkpoints" / "latest").read_text())
+    assert marker["step"] == 12 and marker["stages"] == [f"stage{s}/step_0000000012.pt" for s in (0, 1)]
+    ours, sync = history(run), history(sync_one_micro_batch)
+    assert len(ours) == len(sync) == 2
+    assert ours[-1]["train_loss"] != pytest.approx(sync[-1]["train_loss"], rel=1e-2)  # another algorithm
+    assert max(ours[-1]["val_top1_err"], sync[-1]["val_top1_err"]) < VAL_BOUND, (ours, sync)
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    logged = set().union(*lines)
+    assert {"train/loss", "val/top1_err", "layer1/local_loss", "layer2/inverse_loss", "layer4/inverse_loss"} <= logged
+    # stage 0 of S = 2 with M = 4: staleness 0, 1, 1, 1; the last stage steps before its next forward
+    staleness = [line for line in lines if "pipeline/staleness_mean" in line]
+    assert staleness and all(line["pipeline/stage0/staleness_max"] == 1 for line in staleness)
+    assert all(line["pipeline/stage1/staleness_max"] == 0 for line in staleness)
+    assert all(line["pipeline/staleness_mean"] == pytest.approx(3 / 8) for line in staleness)
+
+
+def test_decoupled_with_one_micro_batch_equals_sync(shards, tmp_path, sync_one_micro_batch):
+    """M = 1: stepping after the batch's only micro-batch is stepping after the batch, so
+    the two schedules (ours and torch.distributed.pipelining's) give the same run — the
+    inverse losses' noise (σ = 0.1) included: each stage draws it in the same order."""
+    run = tmp_path / "decoupled_m1"
+    proc = train(shards, run, *DECOUPLED, *ONE_MICRO_BATCH, epochs=2, ranks=2)
+    assert proc.returncode == 0, proc.stderr
+    assert_same_history(history(run), history(sync_one_micro_batch))
+    a, b = stage_weights(sync_one_micro_batch), stage_weights(run)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-9, rtol=0), f"{k}: max diff {(a[k] - b[k]).abs().max():.2e}"
+
+
+def test_backprop_in_decoupled_mode_is_refused_before_anything_starts(shards, tmp_path):
+    proc = train(shards, tmp_path / "bp", *DECOUPLED, epochs=1, config=CONFIGS / "lc_bp.yaml")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("bioscale train")]
+    assert len(errors) == 1, proc.stderr
+    assert "distributed.pipeline_mode=decoupled with algorithm.rule=bp" in errors[0]
+    assert "weight stashing" in errors[0]
+    assert not (tmp_path / "bp").exists()  # refused before the run directory or a process group
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("distributed.schedule=gpipe", "runs the project's own 1F1B schedule"),
+        ("distributed.zero_stage=3", "decoupled mode has no sharded stages"),
+    ],
+)
+def test_bad_decoupled_config_is_refused_with_the_reason(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIG, [*DECOUPLED, "data.batch_size_per_rank=16", override])
+
+
+def test_decoupled_takes_fewer_micro_batches_than_stages():
+    # our 1F1B warms up min(S − 1 − s, M) micro-batches: any M, unlike the library's Schedule1F1B
+    assert load_config(CONFIG, [*DECOUPLED, *ONE_MICRO_BATCH]).distributed.micro_batches == 1
