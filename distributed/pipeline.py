@@ -2,10 +2,13 @@
 replicas), micro-batches in a 1F1B schedule, our own point-to-point send/recv over gloo
 (nccl on GPU).
 
-`distributed.backend=pipeline` in `bioscale train` runs on torch.distributed.pipelining
-instead (distributed/pipeline_engine.py); this one stays for the decoupled mode, which the
-library's schedules cannot express (they step nothing between micro-batches), and for
-`bioscale bench scale --engine own`. Point-to-point goes through `batch_isend_irecv` (NCCL-safe).
+`distributed.backend=pipeline` in `bioscale train` runs its sync mode on
+torch.distributed.pipelining (distributed/pipeline_engine.py). This schedule runs its
+decoupled mode (`distributed.pipeline_mode=decoupled`, through training/engines.py
+`DecoupledPipelineEngine`: one `train([(x, y)])` call per trainer step), which the
+library's schedules cannot express (they step nothing between micro-batches), and
+`bioscale bench scale --engine own`. Point-to-point goes through `batch_isend_irecv`
+(NCCL-safe).
 
 Why our own schedule and not DeepSpeed's PipelineModule or torch.distributed.pipelining:
 both own the backward — they run autograd from a loss on the last stage and pass
@@ -44,8 +47,10 @@ from bioscale.algorithms.feedback import FeedbackTrace, TraceGap
 from bioscale.algorithms.learner import Learner
 from bioscale.algorithms.optim import Updater
 from bioscale.distributed.gradient_sync import all_reduce_gradients
+from bioscale.distributed.pipeline_outputs import p2p
 from bioscale.distributed.pipeline_schedule import (
     PipelineConfig,
+    decoupled_refusal,
     one_f_one_b,
     partition,
     placement,
@@ -66,6 +71,16 @@ class _InFlight:
     trace: FeedbackTrace
     logits: torch.Tensor | None  # last stage only (detached): the batch's loss and accuracy
     version: int  # optimizer steps this stage had taken at the forward (staleness = steps since)
+
+
+@dataclass
+class _Observed:
+    """What the last `train` call saw, detached and on the device, for the trainer's
+    StepOutput (`pipeline_outputs.stage_output`): no extra compute, no host sync."""
+
+    logits: list[torch.Tensor] = field(default_factory=list)  # last stage: per micro-batch, in order
+    local_losses: list[dict[int, torch.Tensor]] = field(default_factory=list)  # each trace, after backward
+    inverse: dict[int, torch.Tensor] = field(default_factory=dict)  # Σ over micro-batches per owned layer
 
 
 @dataclass
@@ -101,15 +116,12 @@ class Pipeline:
                 f"{cfg.stages * cfg.data_parallel} ranks, the process group has {world}"
             )
         rule = learner.rule
-        if cfg.mode == "decoupled" and rule.name == "bp":
-            raise ValueError(
-                "decoupled mode needs a rule whose boundary signal does not read the forward "
-                "weights (TP rules, FA, DFA): backprop through weights stepped since the forward is "
-                "refused by autograd's version check (it would need weight stashing)"
-            )
+        refusal = decoupled_refusal(rule.name) if cfg.mode == "decoupled" else None
+        if refusal:
+            raise ValueError(refusal)
         self.cfg, self.learner, self.rule = cfg, learner, rule
         net = learner.net
-        self.depth = net.depth
+        self.depth, self.num_classes = net.depth, net.num_classes
         self.stage, self.replica = placement(get_rank(), cfg)
         self.first, self.last = self.stage == 0, self.stage == cfg.stages - 1
         costs = [sum(p.numel() for p in b.parameters()) for b in net.blocks]
@@ -145,6 +157,7 @@ class Pipeline:
                     self.dp_group = g
         self.version = 0
         self.stats = StageStats()
+        self.observed = _Observed()
         self._pending: list = []
 
     @staticmethod
@@ -194,11 +207,15 @@ class Pipeline:
         if phase != "forward":
             inv = self.rule.inverse_losses(self.learner.net, hs, noise, layers=self.owned)
             if inv:
+                for l, v in inv.items():
+                    seen = self.observed.inverse.get(l)
+                    self.observed.inverse[l] = v.detach() if seen is None else seen + v.detach()
                 inv_total = sum(inv.values())
                 assert isinstance(inv_total, torch.Tensor)  # a sum of (at least one) losses
                 loss = inv_total if loss is None else loss + inv_total
         self.stats.compute_s += time.perf_counter() - t0
-        h_out = None if self.last else h
+        # in the weights' dtype: under bf16 autocast LC outputs are bf16, the receive buffers not
+        h_out = None if self.last else h.to(self.dtype)
         if h_out is not None:
             assert self.next_rank is not None  # not the last stage
             self._send(h_out.detach(), self.next_rank)
@@ -255,8 +272,7 @@ class Pipeline:
     def _exchange(self, ops: list) -> None:
         self._pending = []
         if ops:
-            for work in dist.batch_isend_irecv(ops):
-                work.wait()
+            p2p(ops)
 
     # ---- updates -----------------------------------------------------------------------------
     def _step(self, phase: str) -> None:
@@ -272,13 +288,16 @@ class Pipeline:
         self.version += 1
 
     # ---- driver ------------------------------------------------------------------------------
-    def _micro_batches(self, batches: Iterable) -> Iterator[tuple]:
+    def _micro_batches(self, batches: Iterable, replica_share: bool) -> Iterator[tuple]:
         """This replica's slice of each global batch (rank r of D takes the r-th slice, as in
-        the data-parallel plan), cut into M micro-batches; noise[l] is sliced the same way."""
+        the data-parallel plan; the whole batch where it already is this replica's share),
+        cut into M micro-batches; noise[l] is sliced the same way."""
         d, D, M = self.replica, self.cfg.data_parallel, self.cfg.micro_batches
         for batch in batches:
             x, y, noise = (*batch, None)[:3]
-            idx = torch.tensor_split(torch.arange(y.shape[0]), D)[d]
+            idx = torch.arange(y.shape[0])
+            if not replica_share:
+                idx = torch.tensor_split(idx, D)[d]
             for part in torch.tensor_split(idx, M):
                 yield (
                     x[part] if self.first else None,
@@ -286,16 +305,19 @@ class Pipeline:
                     {l: n[part] for l, n in noise.items()} if noise else None,
                 )
 
-    def train(self, batches: list, phase: str = "both") -> dict:
+    def train(self, batches: list, phase: str = "both", *, replica_share: bool = False, report: bool = True) -> dict:
         """Train on `batches` ([(x, y) or (x, y, noise)], the same global batches on every
-        rank). Returns per-batch global loss / correct / count (summed over replicas, known
-        on every rank) and this stage's staleness and timing."""
+        rank; with `replica_share`, each replica's own share, as the trainer's readers hand
+        them out). Returns per-batch global loss / correct / count (summed over replicas,
+        known on every rank) and this stage's staleness and timing, which `report` logs;
+        `self.observed` keeps what the call saw for a StepOutput."""
         self.learner.train()
+        self.observed = _Observed()
         cfg, n_batches = self.cfg, len(batches)
         # loss, correct, samples: on the stage's device (the collective below needs it there
         # under nccl) and accumulated without a host sync per micro-batch
         stats = torch.zeros(n_batches, 3, dtype=torch.float64, device=self.device)
-        source = self._micro_batches(batches)
+        source = self._micro_batches(batches, replica_share)
         inflight: dict[int, _InFlight] = {}
         # sync: one 1F1B schedule per batch, flushed, one step. decoupled: one schedule over
         # the whole stream and a step after every micro-batch backward.
@@ -308,12 +330,15 @@ class Pipeline:
                     x, y, noise = next(source)
                     rec = inflight[j] = self._forward(x, y, noise, phase)
                     if rec.logits is not None:
+                        self.observed.logits.append(rec.logits)
                         b = j // cfg.micro_batches
                         stats[b, 0] += F.cross_entropy(rec.logits, y, reduction="sum").to(torch.float64)
                         stats[b, 1] += (rec.logits.argmax(1) == y).sum().to(torch.float64)
                         stats[b, 2] += y.shape[0]
                 else:
-                    self._backward(inflight.pop(j))
+                    rec = inflight.pop(j)
+                    self._backward(rec)
+                    self.observed.local_losses.append(rec.trace.local_losses)
                     if cfg.mode == "decoupled":
                         self._step(phase)
             j0 += n
@@ -323,7 +348,8 @@ class Pipeline:
         all_reduce_sum(stats)  # only last-stage ranks contributed: every rank gets the curve
         curve = stats.tolist()  # the one host sync of the statistics
         summary = self.staleness_summary()
-        log.info(
+        log.log(
+            logging.INFO if report else logging.DEBUG,
             "pipeline stage %d (layers %s, %s): staleness mean %.2f max %d over %d micro-batches, "
             "compute %.2f s, waiting %.2f s",
             self.stage,

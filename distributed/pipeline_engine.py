@@ -20,9 +20,11 @@ declared up front (static metadata: no inference pass through the rule's forward
 the micro-batch size, which is fixed: training batches are drop-last and M divides them.
 
 Sync mode only: one optimizer step per stage per global batch, after the schedule, with
-the stage's gradients SUM-all-reduced over its D replicas first. Evaluation is a plain
-forward chain of our own (`batch_isend_irecv` pairs, NCCL-safe), because evaluation
-batches vary in size and the schedule's receive buffers do not.
+the stage's gradients SUM-all-reduced over its D replicas first (the decoupled mode, a
+step after every micro-batch, runs on our own schedule, distributed/pipeline.py).
+Evaluation is a plain forward chain of our own (`batch_isend_irecv` pairs, NCCL-safe),
+because evaluation batches vary in size and the schedule's receive buffers do not; it and
+the step's StepOutput are shared with the decoupled mode (distributed/pipeline_outputs.py).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from bioscale.algorithms.learner import Learner, StepOutput
 from bioscale.algorithms.optim import Updater
 from bioscale.distributed.gradient_sync import all_reduce_gradients
 from bioscale.distributed.pipeline import Pipeline, _StageParams
+from bioscale.distributed.pipeline_outputs import evaluate_stage, stage_output
 from bioscale.distributed.pipeline_schedule import partition, ranges_from_balance
 from bioscale.distributed.process_group import get_rank, get_world_size
 from bioscale.distributed.sharded_state import gather_full, map_tensors, shard_like
@@ -298,57 +301,13 @@ class PipelineStageEngine:
         return self._output(y, phase)
 
     def _output(self, y: torch.Tensor, phase: str) -> StepOutput:
-        """The step's StepOutput with the same keys on every stage (zeros for layers another
-        stage owns; empty logits below the last stage), so sums over all ranks are right."""
-        zero = torch.zeros((), dtype=torch.float64, device=self.device)
-        trace = FeedbackTrace(1.0)
-        if phase != "inverse":
-            for l in range(1, self.depth):
-                owned = [t.local_losses[l] for t in self.module.traces if l in t.local_losses]
-                trace.local_losses[l] = sum(owned, zero.clone()) if owned else zero.clone()
-        inverse = {
-            l: self.module.inverse.get(l, zero).to(torch.float64)
-            for l in self.rule.inverse_layers(self.depth)
-            if phase != "forward"
-        }
-        if self.last:
-            logits = torch.cat(self.module.logits)
-            task_loss = F.cross_entropy(logits, y, reduction="sum")
-        else:
-            logits = torch.zeros(0, self.num_classes, dtype=self.dtype, device=self.device)
-            task_loss = zero
-        return StepOutput(loss=task_loss, logits=logits, task_loss=task_loss, inverse_losses=inverse, trace=trace)
+        m = self.module
+        return stage_output(self, y, phase, m.logits, [t.local_losses for t in m.traces], m.inverse)
 
     # ---- evaluation --------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, reader, add_counts, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-        """This rank's counts over a split read once across the replicas: activations go
-        down the stage chain and the last stage adds each batch with
-        `add_counts(counts, logits, labels)` (training/evaluation.py's, the one definition);
-        the other stages return zeros. The caller sums them over all ranks."""
-        net = self.learner.net
-        was_training = net.training
-        net.eval()
-        counts = torch.zeros(4, dtype=torch.float64, device=self.device)
-        in_shape = net.block(self.layers[0]).in_shape
-        for images, labels in reader:
-            n = labels.numel()
-            if n == 0:
-                continue  # every stage of the replica reads the same batches: all skip it
-            if self.first:
-                h = images.to(self.device, self.dtype, non_blocking=True)
-            else:
-                h = torch.empty((n, *in_shape), dtype=self.dtype, device=self.device)
-                _p2p([dist.P2POp(dist.irecv, h, self.prev_rank)])
-            with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                for l in self.layers:
-                    h = net.blocks[l - 1](h)
-            if not self.last:  # in the receive buffer's dtype (autocast computes in bf16)
-                _p2p([dist.P2POp(dist.isend, h.to(self.dtype).contiguous(), self.next_rank)])
-                continue
-            add_counts(counts, h, labels.to(self.device, non_blocking=True))
-        net.train(was_training)
-        return counts
+        """This rank's evaluation counts (`pipeline_outputs.evaluate_stage`)."""
+        return evaluate_stage(self, reader, add_counts, autocast_dtype)
 
     # ---- state -------------------------------------------------------------------------------
     def learning_rates(self) -> dict[str, float]:
@@ -390,10 +349,3 @@ def _shard_moment(v, param: torch.Tensor):
 
 def forward_device(net, layer: int) -> torch.device:
     return next(net.block(layer).layer.parameters()).device
-
-
-def _p2p(ops: list[dist.P2POp]) -> None:
-    """Point-to-point through batch_isend_irecv: NCCL orders p2p per pair of ranks, and a
-    batched exchange cannot deadlock on that order."""
-    for work in dist.batch_isend_irecv(ops):
-        work.wait()

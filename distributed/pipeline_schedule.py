@@ -36,6 +36,18 @@ class PipelineConfig:
             raise ValueError(f"balance {self.balance} must give every one of the {self.stages} stages >= 1 block")
 
 
+def decoupled_refusal(rule: str) -> str | None:
+    """Why `rule` cannot run in decoupled mode, or None. The one statement of it: the
+    pipeline refuses it at construction, `training/preflight.py` before a run starts."""
+    if rule == "bp":
+        return (
+            "decoupled mode needs a rule whose boundary signal does not read the forward "
+            "weights (TP rules, FA, DFA): backprop through weights stepped since the forward is "
+            "refused by autograd's version check (it would need weight stashing)"
+        )
+    return None
+
+
 def partition(costs: list[int], stages: int) -> list[range]:
     """Contiguous split of blocks (0-based) into `stages` non-empty ranges minimising the
     largest stage cost (the pipeline runs at the pace of its slowest stage). Exact DP;

@@ -128,8 +128,9 @@ class DistributedConfig:
     ddp: torch DistributedDataParallel (bucketed SUM all-reduce overlapped with the
     backward; one wrapper per phase of the alternating schedule; plain on one process) |
     deepspeed: DeepSpeed ZeRO (zero_stage) |
-    pipeline: the blocks split into `stages` consecutive stages on torch.distributed.pipelining,
-    world size / stages data-parallel replicas of the whole pipeline (stage-major ranks)."""
+    pipeline: the blocks split into `stages` consecutive stages on torch.distributed.pipelining
+    (our own schedule for pipeline_mode=decoupled), world size / stages data-parallel
+    replicas of the whole pipeline (stage-major ranks)."""
     zero_stage: int = 0
     """DeepSpeed ZeRO stage 0-3 (3 shards the LC weights) with backend deepspeed; with backend
     pipeline 0 or 3: 3 shards each stage's weights, gradients and Adam state over its
@@ -138,15 +139,20 @@ class DistributedConfig:
     """Pipeline stages S (backend pipeline); the world size must be a multiple of S."""
     micro_batches: int = 4
     """Micro-batches M each replica's batch is cut into (backend pipeline); must divide
-    data.batch_size_per_rank, and 1f1b needs M >= stages."""
+    data.batch_size_per_rank, and sync 1f1b needs M >= stages."""
     schedule: str = "1f1b"
-    """Pipeline schedule of torch.distributed.pipelining: 1f1b | gpipe."""
+    """Pipeline schedule of torch.distributed.pipelining: 1f1b | gpipe (sync mode; decoupled
+    runs the project's own 1F1B, any M)."""
     stage_boundaries: list[int] | None = None
     """Blocks per stage, e.g. [2, 3] (backend pipeline); None = balance the counted per-block
     cost (weights used per sample) over the stages."""
     pipeline_mode: str = "sync"
     """sync: every stage steps once per global batch (equals one process with that batch) |
-    decoupled: a stage steps after every micro-batch (not yet through `bioscale train`)."""
+    decoupled: a stage steps its optimizers after every micro-batch's backward, on the
+    project's own 1F1B schedule (distributed/pipeline.py; torch.distributed.pipelining
+    steps nothing between micro-batches). The pipeline drains after each batch: staleness
+    at most stages − 1 steps, logged as pipeline/*; M = 1 equals sync. Not for bp (refused:
+    backprop through weights stepped since the forward), nor zero_stage=3."""
     precision: str = "fp32"
     """fp32 | bf16: autocast to bfloat16 around forward and backward, weights and Adam in the
     parameter dtype (float32); target-propagation differences stay float32 (models/blocks.py).
@@ -419,14 +425,14 @@ def _validate(cfg: ExperimentConfig, sources: dict[str, str]) -> None:
                 f"must divide data.batch_size_per_rank = {cfg.data.batch_size_per_rank} "
                 "(the pipeline's receive buffers have one micro-batch shape)",
             )
-        if dist.schedule == "1f1b" and dist.micro_batches < dist.stages:
+        decoupled = dist.pipeline_mode == "decoupled"
+        # the library's Schedule1F1B needs M >= S; our own (decoupled) warms up min(S − 1 − s, M)
+        if dist.schedule == "1f1b" and dist.micro_batches < dist.stages and not decoupled:
             fail("distributed.micro_batches", f"1f1b needs at least as many micro-batches as stages ({dist.stages})")
-        if dist.pipeline_mode == "decoupled":
-            fail(
-                "distributed.pipeline_mode",
-                "decoupled updates are not available through `bioscale train` yet (the bench and "
-                "distributed/pipeline.py have them); use sync",
-            )
+        if decoupled and dist.schedule != "1f1b":
+            fail("distributed.schedule", "decoupled mode runs the project's own 1F1B schedule: use 1f1b")
+        if decoupled and dist.zero_stage:
+            fail("distributed.zero_stage", "decoupled mode has no sharded stages (FSDP2 is the sync engine's): use 0")
     if dist.precision == "bf16" and cfg.model.dtype != "float32":
         fail(
             "distributed.precision",

@@ -14,7 +14,8 @@ a run directory is the trainer's business:
     pipeline   checkpoints/stage{s}/step_*.pt + latest (replica 0 of each stage; its
                weights under the single-process names, so the stage files merge into
                one model), and checkpoints/latest once every stage has saved a step;
-               resume takes the newest step every stage has.
+               resume takes the newest step every stage has. Both pipeline modes (sync,
+               decoupled) write the same files.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ from bioscale.algorithms.learner import Learner, StepOutput
 from bioscale.distributed import init_distributed, local_device
 from bioscale.distributed.environment import DistEnv
 from bioscale.distributed.gradient_sync import all_reduce_gradients
-from bioscale.distributed.process_group import barrier, is_initialized
+from bioscale.distributed.pipeline import Pipeline
+from bioscale.distributed.pipeline_outputs import evaluate_stage, stage_output
+from bioscale.distributed.pipeline_schedule import PipelineConfig
+from bioscale.distributed.process_group import all_reduce_sum, barrier, is_initialized
 from bioscale.training.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -84,6 +88,11 @@ class Engine:
 
     def learning_rates(self) -> dict[str, float]:
         return self.updater.learning_rates()
+
+    def extra_scalars(self) -> dict[str, float]:
+        """The engine's own scalars for the trainer's log steps (every rank calls it there,
+        so it may run a collective); none but the decoupled pipeline's staleness."""
+        return {}
 
     # ---- checkpoints (every rank calls both) ----------------------------------------------
     def save(self, run_dir: Path, step: int, state: dict[str, Any], keep: int) -> None:
@@ -233,14 +242,108 @@ class PipelineEngine(Engine):
         return float(t.item())
 
 
+class _DecoupledStage:
+    """A decoupled `distributed.pipeline.Pipeline` behind `PipelineStageEngine`'s contract
+    (step, evaluate, num_classes, learning_rates, state_dict, load_state_dict), so that
+    `PipelineEngine`'s evaluation and checkpoints serve both modes unchanged."""
+
+    def __init__(self, pipeline: Pipeline):
+        self.pipeline = pipeline
+        self.num_classes = pipeline.num_classes
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, phase: str) -> StepOutput:
+        p = self.pipeline
+        p.train([(x, y)], phase, replica_share=True, report=False)  # the engine logs staleness
+        seen = p.observed
+        return stage_output(p, y, phase, seen.logits, seen.local_losses, seen.inverse)
+
+    def evaluate(self, reader, add_counts, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+        return evaluate_stage(self.pipeline, reader, add_counts, autocast_dtype)
+
+    def learning_rates(self) -> dict[str, float]:
+        return self.pipeline.updater.learning_rates()
+
+    def state_dict(self) -> dict:
+        """PipelineStageEngine's keys (a stage's file is the same in both modes). The
+        Pipeline's step counter `version` is not saved: every step drains the pipeline, so
+        staleness is a difference within a step and a resumed run reproduces it."""
+        return {"model": self.pipeline.stage_state(), "optim": self.pipeline.updater.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pipeline.learner.load_state_dict(state["model"])
+        self.pipeline.updater.load_state_dict(state["optim"])
+
+
+class DecoupledPipelineEngine(PipelineEngine):
+    """`distributed.backend=pipeline distributed.pipeline_mode=decoupled`: every stage steps
+    its optimizers right after each micro-batch's backward. It runs on the project's own
+    1F1B schedule (distributed/pipeline.py `Pipeline`) because torch.distributed.pipelining's
+    schedules step nothing between micro-batches. One trainer step is `Pipeline.train([(x,
+    y)])`: the batch's M micro-batches stream through the stages, each stage steps M times,
+    and the pipeline drains at the end of the batch, so the staleness of a micro-batch (the
+    steps its stage took between its forward and its backward) is at most S−1−s on stage s
+    (S−1 at most) and never crosses batches; with M = 1 it is the sync mode. Logged as
+    pipeline/* scalars. Evaluation and checkpoints (the sync mode's files) are
+    PipelineEngine's, through `_DecoupledStage`."""
+
+    def build(self, learner: Learner) -> None:
+        dcfg = self.cfg.distributed
+        self.learner = learner
+        cfg = PipelineConfig(
+            stages=dcfg.stages,
+            data_parallel=self.data_world,
+            micro_batches=dcfg.micro_batches,
+            mode="decoupled",
+            # blocks per stage, as for the sync engine (`ranges_from_balance` in both)
+            balance=tuple(dcfg.stage_boundaries) if dcfg.stage_boundaries else None,
+        )
+        try:
+            pipeline = Pipeline(learner, self.cfg.optim, cfg)
+        except ValueError as exc:
+            raise ConfigError(f"config: {exc}") from None
+        self.updater = _DecoupledStage(pipeline)
+        if self.is_writer:
+            log.info(
+                "pipeline stage %d of %d (layers %s) × %d replicas, decoupled (a step after every "
+                "micro-batch), %d micro-batches of %d",
+                self.stage, dcfg.stages, pipeline.layers, self.data_world, dcfg.micro_batches,
+                self.cfg.data.batch_size_per_rank // dcfg.micro_batches,
+            )  # fmt: skip
+
+    def extra_scalars(self) -> dict[str, float]:
+        """Staleness per stage over the micro-batches since the last log step (one small
+        all-reduce; a stage's replicas are identical, replica 0 reports)."""
+        stages = self.cfg.distributed.stages
+        seen = self.updater.pipeline.stats.staleness
+        rows = torch.zeros(stages, 3, dtype=torch.float64, device=self.device)  # sum, count, max
+        if self.is_writer and seen:
+            rows[self.stage] = torch.tensor([sum(seen), len(seen), max(seen)], dtype=torch.float64)
+        seen.clear()  # read once: the list would otherwise grow by M entries every step
+        out: dict[str, float] = {}
+        total = count = 0.0
+        for s, (sum_s, count_s, max_s) in enumerate(all_reduce_sum(rows).tolist()):
+            if count_s:
+                out[f"pipeline/stage{s}/staleness_mean"] = sum_s / count_s
+                out[f"pipeline/stage{s}/staleness_max"] = max_s
+                total, count = total + sum_s, count + count_s
+        if count:
+            out["pipeline/staleness_mean"] = total / count
+        return out
+
+
 ENGINES: dict[str, type[Engine]] = {
     "none": Engine,
     "ddp": DDPEngine,
     "deepspeed": DeepSpeedEngine,
     "pipeline": PipelineEngine,
 }
+PIPELINE_ENGINES: dict[str, type[Engine]] = {"sync": PipelineEngine, "decoupled": DecoupledPipelineEngine}
+"""`distributed.pipeline_mode` → the engine of `distributed.backend=pipeline`."""
 
 
 def make_engine(cfg: ExperimentConfig, env: DistEnv) -> Engine:
-    """The engine of `distributed.backend`, joined to the process group; `build(learner)` next."""
-    return ENGINES[cfg.distributed.backend](cfg, env)
+    """The engine of `distributed.backend` (and, for the pipeline, `distributed.pipeline_mode`),
+    joined to the process group; `build(learner)` next."""
+    dcfg = cfg.distributed
+    engine = PIPELINE_ENGINES[dcfg.pipeline_mode] if dcfg.backend == "pipeline" else ENGINES[dcfg.backend]
+    return engine(cfg, env)

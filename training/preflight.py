@@ -12,9 +12,11 @@ from bioscale.training.config import ConfigError, ExperimentConfig
 
 def check_config(cfg: ExperimentConfig) -> None:
     """Checks that need the registries, before anything is started (raises ConfigError):
-    a run directory and data are set, the rule and the architecture exist, and
-    model.weight_sharing has LC layers to share."""
+    a run directory and data are set, the rule and the architecture exist,
+    model.weight_sharing has LC layers to share, and a decoupled pipeline's rule can run
+    decoupled."""
     from bioscale.algorithms import build_rule
+    from bioscale.distributed.pipeline_schedule import decoupled_refusal
     from bioscale.models import get_arch
 
     if not cfg.out:
@@ -31,6 +33,11 @@ def check_config(cfg: ExperimentConfig) -> None:
             f"config: model.weight_sharing={cfg.model.weight_sharing} needs locally-connected layers; "
             f"{cfg.model.arch} has none"
         )
+    dist, rule = cfg.distributed, cfg.algorithm.rule
+    if dist.backend == "pipeline" and dist.pipeline_mode == "decoupled":
+        refusal = decoupled_refusal(rule)
+        if refusal:  # here, not in the stages: one line before any process group or weight exists
+            raise ConfigError(f"config: distributed.pipeline_mode=decoupled with algorithm.rule={rule}: {refusal}")
 
 
 def check_experiment(cfg: ExperimentConfig) -> None:

@@ -290,6 +290,7 @@ class Trainer:
         }
         for name, lr in self.engine.learning_rates().items():
             scalars[f"opt/lr_{name}"] = lr
+        scalars.update(self.engine.extra_scalars())  # e.g. the decoupled pipeline's staleness
         for i, (l, _) in enumerate(local):
             scalars[f"layer{l}/local_loss"] = sums[3 + i] / total
         for i, (l, _) in enumerate(inverse):

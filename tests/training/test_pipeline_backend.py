@@ -3,7 +3,9 @@
 distributed.backend=pipeline distributed.stages=2` writes the usual run directory, trains
 like one process with the same batch (float64, σ = 0: per-epoch history and final weights
 to 1e-9), resumes per stage by re-running the same command, and bad layouts are refused
-before anything starts."""
+before anything starts. `distributed.pipeline_mode=decoupled` (the project's own schedule,
+a step after every micro-batch) runs through the same command, writes the same run
+directory, and with one micro-batch per batch equals the sync run."""
 
 from __future__ import annotations
 
@@ -291,7 +293,7 @@ def sync_one_micro_batch(shards, tmp_path_factory) -> Path:
     return run
 
 
-def test_decoupled_pipeline_trains_through_bioscale_train_and_resumes(shards, tmp_path, sync_one_micro_batch):
+def test_decoupled_pipeline_trains_through_bioscale_train_and_resumes(shards, tmp_path):
     """SDTP, 2 stages, M = 4 micro-batches: the usual run directory, per-stage checkpoints,
     resume by re-running the command with one more epoch; a history of its own (stage 0
     steps after each micro-batch, with staleness 1 on all but the first) that learns."""
@@ -307,10 +309,8 @@ def test_decoupled_pipeline_trains_through_bioscale_train_and_resumes(shards, tm
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "stage0", "stage1"]
     marker = json.loads((run / "checkpoints" / "latest").read_text())
     assert marker["step"] == 12 and marker["stages"] == [f"stage{s}/step_0000000012.pt" for s in (0, 1)]
-    ours, sync = history(run), history(sync_one_micro_batch)
-    assert len(ours) == len(sync) == 2
-    assert ours[-1]["train_loss"] != pytest.approx(sync[-1]["train_loss"], rel=1e-2)  # another algorithm
-    assert max(ours[-1]["val_top1_err"], sync[-1]["val_top1_err"]) < VAL_BOUND, (ours, sync)
+    ours = history(run)
+    assert len(ours) == 2 and ours[-1]["val_top1_err"] < VAL_BOUND, ours
     lines = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     logged = set().union(*lines)
     assert {"train/loss", "val/top1_err", "layer1/local_loss", "layer2/inverse_loss", "layer4/inverse_loss"} <= logged
@@ -321,6 +321,7 @@ def test_decoupled_pipeline_trains_through_bioscale_train_and_resumes(shards, tm
     assert all(line["pipeline/staleness_mean"] == pytest.approx(3 / 8) for line in staleness)
 
 
+@pytest.mark.slow  # two more 2-rank runs (~27 s); the engine-level schedules: tests/scale/test_pipeline.py
 def test_decoupled_with_one_micro_batch_equals_sync(shards, tmp_path, sync_one_micro_batch):
     """M = 1: stepping after the batch's only micro-batch is stepping after the batch, so
     the two schedules (ours and torch.distributed.pipelining's) give the same run — the
@@ -360,3 +361,20 @@ def test_bad_decoupled_config_is_refused_with_the_reason(override, message):
 def test_decoupled_takes_fewer_micro_batches_than_stages():
     # our 1F1B warms up min(S − 1 − s, M) micro-batches: any M, unlike the library's Schedule1F1B
     assert load_config(CONFIG, [*DECOUPLED, *ONE_MICRO_BATCH]).distributed.micro_batches == 1
+
+
+@pytest.mark.slow  # four more runs; the main decoupled test above covers SDTP at S = 2
+@pytest.mark.parametrize(
+    ("config", "layout", "first_stage"),
+    [
+        ("lc_dfa", [], "layers [1, 2]) × 1 replicas"),  # the output error travels down with the signal
+        ("lc_sdtp_alt", [], "layers [1, 2]) × 1 replicas"),  # an inverse epoch (nothing sent down), then forward
+        ("lc_sdtp", ["distributed.stage_boundaries=[3,2]"], "layers [1, 2, 3]) × 1 replicas"),
+        ("lc_sdtp", ["distributed.stages=1", "distributed.micro_batches=2"], "layers [1, 2, 3, 4, 5]) × 2 replicas"),
+    ],
+)
+def test_decoupled_pipeline_trains_for_other_rules_and_layouts(shards, tmp_path, config, layout, first_stage):
+    proc = train(shards, tmp_path / "run", *DECOUPLED, *layout, epochs=2, ranks=2, config=CONFIGS / f"{config}.yaml")
+    assert proc.returncode == 0, proc.stderr
+    assert first_stage in proc.stderr
+    assert history(tmp_path / "run")[-1]["val_top1_err"] < VAL_BOUND
