@@ -38,7 +38,9 @@ def train(arch, rule, x, y, readout_only=False, epochs=4):
     return learner, err
 
 
-@pytest.mark.parametrize("arch", ["neurips_mnist_fc", "iclr_mnist_lc"])
+# the LC net (the product's) in the default suite; every rule's FC step is checked against
+# the oracles (tests/algorithms/test_oracle.py, test_later_rules.py, test_drl_rules.py)
+@pytest.mark.parametrize("arch", [pytest.param("neurips_mnist_fc", marks=pytest.mark.slow), "iclr_mnist_lc"])
 def test_every_rule_learns(arch, digits):
     x, y = digits
     _, readout_err = train(arch, "bp", x, y, readout_only=True)

@@ -46,7 +46,10 @@ def final_weights(run: Path) -> dict:
     return torch.load(sorted((run / "checkpoints").glob("step_*.pt"))[-1], weights_only=False)["model"]
 
 
-@pytest.mark.parametrize("rule", [pytest.param("bp", marks=pytest.mark.slow), "sdtp"])
+# slow: the default suite checks 2 ranks against one process with the global batch in
+# tests/cluster/test_launch.py (a 2-task SLURM job, this backend) and test_ddp_backend.py
+@pytest.mark.slow
+@pytest.mark.parametrize("rule", ["bp", "sdtp"])
 def test_two_ranks_match_one_process_with_the_global_batch(shards, tmp_path, rule):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["--data", str(shards), "--epochs", "1", f"algorithm.rule={rule}", *COMMON]
