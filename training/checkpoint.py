@@ -268,25 +268,49 @@ def resumable_step(run_dir: str | Path) -> int | None:
         return None
 
 
-def check_stages_marker(run_dir: str | Path, stages: int) -> None:
-    """Refuse to resume a pipeline of `stages` stages from a run directory holding another
-    layout: a pipeline of a different depth, or a run of another backend."""
+def stored_layout(run_dir: str | Path) -> tuple[str, int] | None:
+    """Which engine's checkpoints a run directory holds: ("plain", 0) (backend none or ddp),
+    ("deepspeed", 0), ("pipeline", stages), or None when it holds none."""
     top = Path(run_dir) / "checkpoints"
     try:
         data = json.loads((top / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         data = None
     if isinstance(data, dict) and "stages" in data:
-        if len(data["stages"]) != stages:
-            raise CheckpointError(
-                f"{top / MARKER}: a {len(data['stages'])}-stage pipeline run, now distributed.stages = {stages}; "
-                "resume with the same stages or use another --out"
-            )
-    elif data is not None or any(top.glob("step_*.pt")) or (top / "deepspeed").is_dir():
-        raise CheckpointError(
-            f"{top}: holds checkpoints of a run without the pipeline; resume it with its own "
-            "distributed.backend, or use another --out"
+        return "pipeline", len(data["stages"])
+    stage_dirs = [d for d in top.glob("stage*") if d.is_dir()]
+    if stage_dirs:  # killed before the first all-stage marker
+        return "pipeline", len(stage_dirs)
+    if (top / "deepspeed").is_dir():
+        return "deepspeed", 0
+    if data is not None or any(top.glob("step_*.pt")):
+        return "plain", 0
+    return None
+
+
+def check_checkpoint_layout(run_dir: str | Path, layout: str, stages: int = 0) -> None:
+    """Refuse to resume from a run directory holding another engine's checkpoints (it would
+    start over beside them, or misread them): `layout` is what this run writes — "plain",
+    "deepspeed", or "pipeline" with `stages` stages."""
+    found = stored_layout(run_dir)
+    if found is None or found == (layout, stages):
+        return
+    top = Path(run_dir) / "checkpoints"
+    kind, n = found
+    if kind == "pipeline" and layout == "pipeline":
+        reason = f"a {n}-stage pipeline run, now distributed.stages = {stages}; resume with the same stages"
+    elif kind == "pipeline":
+        reason = (
+            f"this run directory holds a {n}-stage pipeline run; resume it with "
+            f"distributed.backend=pipeline distributed.stages={n}"
         )
+    elif kind == "deepspeed":
+        reason = "holds DeepSpeed checkpoints (checkpoints/deepspeed); resume it with distributed.backend=deepspeed"
+    elif layout == "pipeline":
+        reason = "holds checkpoints of a run without the pipeline; resume it with its own distributed.backend"
+    else:
+        reason = "holds checkpoints of a run without DeepSpeed; resume it with distributed.backend=none or ddp"
+    raise CheckpointError(f"{top}: {reason}, or use another --out")
 
 
 # ------------------------------------------------------------- foreign weights

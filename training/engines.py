@@ -40,7 +40,7 @@ from bioscale.distributed.process_group import all_reduce_sum, barrier, is_initi
 from bioscale.training.checkpoint import (
     CheckpointError,
     CheckpointManager,
-    check_stages_marker,
+    check_checkpoint_layout,
     write_stages_marker,
 )
 from bioscale.training.config import ConfigError, ExperimentConfig
@@ -102,6 +102,7 @@ class Engine:
             CheckpointManager(run_dir, keep=keep).save(full, step)
 
     def load(self, run_dir: Path, check: StateCheck) -> dict | None:
+        check_checkpoint_layout(run_dir, "plain")
         state = CheckpointManager(run_dir).load_latest(map_location=self.device)
         if state is None:
             return None
@@ -153,6 +154,7 @@ class DeepSpeedEngine(Engine):
         self.updater.save(directory, f"step_{step:010d}", state, keep)
 
     def load(self, run_dir: Path, check: StateCheck) -> dict | None:
+        check_checkpoint_layout(run_dir, "deepspeed")
         # DeepSpeed applies weights and optimizer state while loading; the check follows.
         state = self.updater.load(run_dir / "checkpoints" / "deepspeed")
         if state is not None:
@@ -216,7 +218,7 @@ class PipelineEngine(Engine):
             write_stages_marker(run_dir, step, self.cfg.distributed.stages)
 
     def load(self, run_dir: Path, check: StateCheck) -> dict | None:
-        check_stages_marker(run_dir, self.cfg.distributed.stages)
+        check_checkpoint_layout(run_dir, "pipeline", self.cfg.distributed.stages)
         manager = self._manager(run_dir)
         records = manager.records() if manager.dir.is_dir() else []
         # the newest step every stage has (a kill between two stages' saves leaves one behind)

@@ -4,6 +4,7 @@ checkpoints, a real SIGKILL in the middle of a save, and foreign weights."""
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -233,3 +234,44 @@ def test_ctrl_c_inside_torch_save_surfaces_as_the_interrupt(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         manager.save({"step": 1}, 1)
     assert list(manager.dir.iterdir()) == []
+
+
+def test_a_run_directory_of_another_engine_is_refused_with_the_backend_to_use(tmp_path):
+    from bioscale.training.checkpoint import check_checkpoint_layout, stored_layout, write_stages_marker
+
+    plain, ds, pipe = tmp_path / "plain", tmp_path / "ds", tmp_path / "pipe"
+    CheckpointManager(plain).save({"step": 4}, 4)
+    (ds / "checkpoints" / "deepspeed").mkdir(parents=True)
+    for s in (0, 1):
+        CheckpointManager(pipe, subdir=f"checkpoints/stage{s}").save({"step": 4}, 4)
+    assert stored_layout(pipe) == ("pipeline", 2)  # stage directories, before the all-stage marker
+    write_stages_marker(pipe, 4, 2)
+    assert [stored_layout(d) for d in (plain, ds, pipe, tmp_path / "new")] == [
+        ("plain", 0),
+        ("deepspeed", 0),
+        ("pipeline", 2),
+        None,
+    ]
+    for run, layout, stages in ((plain, "plain", 0), (ds, "deepspeed", 0), (pipe, "pipeline", 2)):
+        check_checkpoint_layout(run, layout, stages)  # its own engine resumes it
+        check_checkpoint_layout(tmp_path / "new", layout, stages)  # nothing there: a new run
+    refusals = [
+        (plain, "deepspeed", 0, "without DeepSpeed; resume it with distributed.backend=none or ddp"),
+        (plain, "pipeline", 2, "without the pipeline; resume it with its own distributed.backend"),
+        (
+            ds,
+            "plain",
+            0,
+            "holds DeepSpeed checkpoints (checkpoints/deepspeed); resume it with distributed.backend=deepspeed",
+        ),
+        (
+            pipe,
+            "plain",
+            0,
+            "holds a 2-stage pipeline run; resume it with distributed.backend=pipeline distributed.stages=2",
+        ),
+        (pipe, "pipeline", 4, "a 2-stage pipeline run, now distributed.stages = 4"),
+    ]
+    for run, layout, stages, reason in refusals:
+        with pytest.raises(CheckpointError, match=re.escape(reason)):
+            check_checkpoint_layout(run, layout, stages)

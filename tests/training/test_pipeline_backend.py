@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bioscale.training.checkpoint import CheckpointError, check_stages_marker
+from bioscale.training.checkpoint import CheckpointError, check_checkpoint_layout
 from bioscale.training.config import ConfigError, load_config
 from tests.datasets import prepare_small_fashion
 from tests.training.test_multiprocess import final_weights, free_port
@@ -118,9 +118,9 @@ def test_two_stage_pipeline_trains_like_one_process_and_resumes(shards, tmp_path
         assert "holds a 2-stage pipeline run" in plain.stderr, plain.stderr
         assert len(history(run)) == 2  # it did not go on
         with pytest.raises(CheckpointError, match="holds checkpoints of a run without the pipeline"):
-            check_stages_marker(tmp_path / "one", 2)  # what the pipeline engine checks before it loads
+            check_checkpoint_layout(tmp_path / "one", "pipeline", 2)  # what the pipeline engine checks before it loads
         with pytest.raises(CheckpointError, match="a 2-stage pipeline run, now distributed.stages = 4"):
-            check_stages_marker(run, 4)
+            check_checkpoint_layout(run, "pipeline", 4)
 
 
 @pytest.mark.parametrize(
