@@ -14,6 +14,7 @@ import torch
 from bioscale.algorithms import AdamConfig, OptimConfig, RuleConfig, Updater, build_learner
 from tests.algorithms.oracle_drl import drl_step
 from tests.algorithms.test_later_rules import lc_geometries
+from tests.algorithms.test_oracle import snapshot
 
 N, CLASSES, LR, BETA, SIGMA, K = 6, 5, 0.05, 0.6, 0.2, 2
 NETS = {"fc": ("neurips_mnist_fc", (16,)), "lc": ("iclr_mnist_lc", (1, 10, 10))}
@@ -31,17 +32,6 @@ def make(net, rule, schedule="parallel"):
     layers = lc_geometries(shape) if net == "lc" else {l: None for l in range(1, learner.net.depth)}
     layers[learner.net.depth] = None
     return learner, layers, shape
-
-
-def snapshot(learner):
-    params = {"W": {}, "b": {}, "V": {}, "c": {}}
-    for l, block in enumerate(learner.net.blocks, 1):
-        params["W"][l] = block.layer.weight.detach().clone()
-        params["b"][l] = block.layer.bias.detach().clone()
-        if block.inverse_layer is not None:
-            params["V"][l] = block.inverse_layer.weight.detach().clone()
-            params["c"][l] = block.inverse_layer.bias.detach().clone()
-    return params
 
 
 def data(shape, seed=0):
