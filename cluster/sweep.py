@@ -56,7 +56,6 @@ DONE = ("finished", "diverged")
 """Trial states that need no more compute at their target epochs."""
 RETRYABLE = ("failed", "stopped", "lost")
 """Trial states whose job ended early: resubmitted once per driver run (resuming from the last checkpoint)."""
-ENDED = (*DONE, *RETRYABLE)
 UNKNOWN_GRACE_S = 300  # a job neither squeue nor sacct knows after this long is lost (retried on re-run)
 
 
@@ -261,12 +260,14 @@ class Sweep:
                 # result.json is written at every epoch end, before the job has
                 # exited: a trial is finished only once its job has ended too
                 st.state = job.state.lower()
+            elif pruned:
+                st.state = "pruned"  # final: never due again, whatever its last job did
             elif done < target and run_state(self.trial_dir(i), target) is RunState.DIVERGED:
-                st.state = "pruned" if pruned else "diverged"  # done: resuming would diverge again
+                st.state = "diverged"  # done: resuming would diverge again
                 st.divergence = divergence_message(self.trial_dir(i)) or ""
             elif done >= target or record is None or job is None or record.get("epochs", 0) < target:
                 # (job is None exactly when record is: every job record names its job id)
-                st.state = "pruned" if pruned else "finished" if done >= target else "new"
+                st.state = "finished" if done >= target else "new"
             elif job.state == "UNKNOWN" and _age_s(record) < UNKNOWN_GRACE_S:
                 st.state = "pending"  # accounting has not seen the new job yet
             else:
@@ -283,7 +284,10 @@ class Sweep:
         decided = len(self.decisions())
         alive = [s for s in status if s.state != "pruned"]
         if decided < len(self.spec.keeps):  # a pruning stage is running
-            if all(s.state in ENDED for s in alive) and not self._retryable(alive):
+            # decisions are final, so they wait for every trial's stage result: a trial
+            # whose job failed or was killed (a driver or machine that stopped) is retried
+            # by the next run of the command instead of being ranked on what it lacks
+            if all(s.state in DONE for s in alive):
                 self._decide_pruning(alive, decided)
                 status = self.status(with_logs=False)
         due = [
@@ -294,9 +298,6 @@ class Sweep:
         if not due:
             return []
         return self._submit(due)
-
-    def _retryable(self, status: list[TrialStatus]) -> bool:
-        return any(s.state in RETRYABLE and (s.trial, s.target_epochs) not in self.attempted for s in status)
 
     def _decide_pruning(self, alive: list[TrialStatus], stage: int) -> None:
         """Rank the trials that ended stage `stage` and keep the best `keeps[stage]`."""

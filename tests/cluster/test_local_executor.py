@@ -1,19 +1,22 @@
 """The local executor, no SLURM anywhere: `bioscale sweep --local` runs a pruned sweep on
 Fashion-MNIST shards to completion as a pool of processes on this machine; the winners
 continue from their checkpoints; a re-run submits nothing; a diverged trial counts as
-finished and is never run again; a job whose driver died is LOST, not running forever."""
+finished and is never run again; a job whose driver died is LOST, not running forever; a
+stage whose trial was killed is not decided on what it lacks, and a pruned trial stays pruned."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from bioscale.cluster.executors import LocalExecutor
-from bioscale.cluster.launcher import job_records
+from bioscale.cluster.launcher import job_records, record_job
+from bioscale.cluster.sweep import PRUNING_FILE, Sweep
 from tests.cluster.cluster_helpers import bioscale, result
 
 SPACE = """\
@@ -97,6 +100,39 @@ def test_a_job_whose_driver_died_is_lost(tmp_path):
     states = ex.query(["j1", "j2", "j3", "j4"])
     assert {j: s.state for j, s in states.items()} == {"j1": "LOST", "j2": "LOST", "j3": "FAILED", "j4": "UNKNOWN"}
     assert not any(s.active for s in states.values()) and states["j1"].failed
+
+
+def _lost_job(executor: LocalExecutor, run_dir, epochs: int) -> None:
+    """A job record for `run_dir` whose driver is gone (a machine or session that stopped)."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    job_id = f"local-{dead.stdout.strip()}-0-0"
+    executor._write_state(job_id, {"state": "RUNNING", "owner": int(dead.stdout), "pid": int(dead.stdout)})
+    record_job(run_dir, job_id, executor, epochs=epochs)
+
+
+def test_a_stage_with_a_killed_trial_waits_and_a_pruned_trial_stays_pruned(local_sweep, tmp_path):
+    root = tmp_path / "sweep"
+    shutil.copytree(local_sweep["dir"], root)
+    executor = LocalExecutor(root / "logs")
+    winner = json.loads((root / PRUNING_FILE).read_text())["keep"][0]
+    loser = next(i for i in range(4) if i != winner)
+
+    # a pruned trial whose last job was lost before it wrote a result is never due again:
+    # the decision is final
+    (root / "trials" / f"t{loser:03d}" / "result.json").unlink()
+    _lost_job(executor, root / "trials" / f"t{loser:03d}", epochs=1)
+    sweep = Sweep.create_or_resume(root, None, executor)
+    assert sweep.status()[loser].state == "pruned" and sweep.advance() == []
+
+    # stage 1 undecided, one trial's job killed before its epoch-1 result: the driver that
+    # already retried it once neither decides nor resubmits; the next driver retries it
+    (root / PRUNING_FILE).unlink()
+    sweep = Sweep.create_or_resume(root, None, executor)
+    assert sweep.status()[loser].state == "lost"
+    sweep.attempted.add((loser, 1))
+    assert sweep.advance() == [] and not (root / PRUNING_FILE).exists()
+    fresh = Sweep.create_or_resume(root, None, executor)
+    assert [s.trial for s in fresh.status() if s.state == "lost"] == [loser]
 
 
 def test_local_sweep_refuses_what_needs_slurm(shards, fast_config, tmp_path):
