@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from bioscale.algorithms.config import DRL_RULES, INVERSE_LOSSES, SCHEDULES, TP_RULES, RuleConfig
 from bioscale.algorithms.feedback import DifferenceTarget, DirectFeedback, FeedbackTrace, FixedTopSignal, ScaleGrad
+from bioscale.algorithms.squared_error import half_squared_error
 from bioscale.models.init import glorot_uniform_
 
 PHASES = ("both", "forward", "inverse")
@@ -351,10 +352,7 @@ class TargetPropagation(Rule):
                     f_out = block(h_noisy)
                 rec = block.inverse(f_out)
             target = h_prev if self.inverse_loss == "denoising" else h_noisy
-            # one fused kernel each way instead of sub, pow, sum and their backwards; the
-            # residual in float32 at least (bf16 autocast: rec and target nearly cancel)
-            wide = torch.promote_types(rec.dtype, torch.float32)
-            losses[l] = 0.5 * F.mse_loss(rec.to(wide), target.to(wide), reduction="sum")
+            losses[l] = half_squared_error(rec, target)
         return losses
 
 

@@ -46,6 +46,21 @@ class Geometry:
             for b, (oj, ij) in enumerate(cols)
             if oi is not None and oj is not None
         ]
+        # `lc_adjoint`'s GEMMs, per output row i and tap (a, b) reading real input:
+        # (first input pixel h·W + w it writes, how many output columns m, first output
+        # position i·Wo + j, tap index a·kw + b); its slices are strided by s_w pixels.
+        (ho, wo), w_in, kw = self.output_size, self.input_size[1], self.kernel_size[1]
+        self.adjoint_plan: list[tuple[int, int, int, int]] = [
+            (
+                (ii.start + (i - oi.start) * self.stride[0]) * w_in + ij.start,
+                oj.stop - oj.start,
+                i * wo + oj.start,
+                a * kw + b,
+            )
+            for i in range(ho)
+            for a, b, (oi, oj), (ii, ij) in self.blocks
+            if oi.start <= i < oi.stop
+        ]
 
     def _taps(self, d: int, pad: int) -> list[tuple[slice, slice] | tuple[None, None]]:
         n_in, n_out, k, s = self.input_size[d], self.output_size[d], self.kernel_size[d], self.stride[d]
@@ -142,25 +157,65 @@ def _unfold_rows_view(x: torch.Tensor, g: Geometry) -> torch.Tensor:
     return xp.as_strided((ho, wo, kh, kw, c, n), (sh * wp * cn, sw * cn, wp * cn, cn, n, 1), xp.storage_offset())
 
 
+def _strip_path(x: torch.Tensor) -> bool:
+    """Whether the large-layer kernels use row strips (below) rather than chunked columns.
+
+    Strips accumulate a position's kh partial products in the output's dtype, so they are
+    taken for float32/float64 only: in bf16 each partial sum would round to bf16 (the
+    column GEMM accumulates in float32 inside). CPU only: measured here, not on a GPU."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+
+def _strip(xp: torch.Tensor, g: Geometry, row: int, transpose: bool = False) -> torch.Tensor:
+    """The kh-th-tap row strips of one input row of padded x: (Wo, kw·C, N) (or its (Wo, N,
+    kw·C) transpose), a view. For output (i, j) and kernel row a, the (a, ·, ·) slice of
+    its columns is kw consecutive pixels of input row i·s + a — kw·C·N contiguous numbers —
+    so a strip is a matrix BLAS reads in place; strips of neighbouring j overlap."""
+    wp, c, n = xp.shape[1:]
+    kc, cn = g.kernel_size[1] * c, c * n
+    offset = xp.storage_offset() + row * wp * cn
+    if transpose:
+        return xp.as_strided((g.output_size[1], n, kc), (g.stride[1] * cn, 1, n), offset)
+    return xp.as_strided((g.output_size[1], kc, n), (g.stride[1] * cn, n, 1), offset)
+
+
 def lc_matmul(weight: torch.Tensor, x: torch.Tensor, g: Geometry, bias_lo1: torch.Tensor | None = None):
     """W · unfold(x) (+ bias as (L, O, 1)): (L, O, K), (H, W, C, N) -> (L, O, N).
 
-    The columns are built a few output rows at a time into one reused buffer and consumed
-    by the GEMM while still in cache, instead of writing (k/s)² copies of x to memory and
-    reading them back (the columns of `iclr_mnist_lc`'s second layer are 29 MB at batch
-    128). Same GEMMs over the same K order, so the result is bit-identical to
-    `bmm(W, unfold_(x))`."""
+    Large layers never write their columns ((k/s)² copies of x: 29 MB for
+    `iclr_mnist_lc`'s second layer at batch 128). In float32/64 on CPU, per output row i
+    and kernel row a one GEMM batch over j reads the weight's (a, ·, ·) slice and the
+    input row strip in place (`_strip`): Ho·kh GEMMs, no copies, 1.3-1.9× faster than the
+    chunked columns on that net's layers 2-4 (BENCHMARKS.md). Otherwise the columns are
+    built a few output rows at a time into one reused buffer that stays in cache: the same
+    GEMMs as `bmm(W, unfold_(x))`, bit-identical."""
     n = x.shape[-1]
     num_pos, o, k = weight.shape
     rows = _chunk_rows(g, k, n, x.element_size())
     if not rows:
         cols = unfold_(x, g)
         return torch.bmm(weight, cols) if bias_lo1 is None else torch.baddbmm(bias_lo1, weight, cols)
-    view, wo = _unfold_rows_view(x, g), g.output_size[1]
+    (ho, wo), kh, sh = g.output_size, g.kernel_size[0], g.stride[0]
+    if _strip_path(x):
+        xp, kc = _pad(x, g), k // kh
+        out = x.new_empty((ho, wo, o, n))
+        w4 = weight.view(ho, wo, o, k)
+        b4 = None if bias_lo1 is None else bias_lo1.view(ho, wo, o, 1)
+        for i in range(ho):
+            for a in range(kh):
+                w_a, strip = w4[i, :, :, a * kc : (a + 1) * kc], _strip(xp, g, i * sh + a)
+                if a:
+                    out[i].baddbmm_(w_a, strip)
+                elif b4 is None:
+                    torch.bmm(w_a, strip, out=out[i])
+                else:
+                    torch.baddbmm(b4[i], w_a, strip, out=out[i])
+        return out.view(num_pos, o, n)
+    view = _unfold_rows_view(x, g)
     out = x.new_empty((num_pos, o, n))
     buf = x.new_empty(rows * wo * k * n)
-    for i0 in range(0, g.output_size[0], rows):
-        i1 = min(g.output_size[0], i0 + rows)
+    for i0 in range(0, ho, rows):
+        i1 = min(ho, i0 + rows)
         l0, l1 = i0 * wo, i1 * wo
         cols = buf[: (l1 - l0) * k * n].view(i1 - i0, *view.shape[1:])
         cols.copy_(view[i0:i1])
@@ -173,18 +228,31 @@ def lc_matmul(weight: torch.Tensor, x: torch.Tensor, g: Geometry, bias_lo1: torc
 
 
 def lc_weight_grad(grad: torch.Tensor, x: torch.Tensor, g: Geometry) -> torch.Tensor:
-    """grad · unfold(x)ᵀ: (L, O, N), (H, W, C, N) -> (L, O, K), chunked like `lc_matmul`
-    (bit-identical to `bmm(grad, unfold_(x).transpose(1, 2))`)."""
+    """grad · unfold(x)ᵀ: (L, O, N), (H, W, C, N) -> (L, O, K), for large layers without
+    columns like `lc_matmul`. Strips: each (i, a) GEMM batch writes a contiguous (Wo, O,
+    kw·C) block of a (Ho, kh, Wo, O, kw·C) buffer, permuted into the weight's layout by
+    one copy at the end (GEMMs writing straight into the strided weight-shaped view go
+    through a temporary inside ATen: slower than the chunked columns). Chunked columns
+    otherwise, bit-identical to `bmm(grad, unfold_(x).transpose(1, 2))`."""
     num_pos, o, n = grad.shape
     k = g.kernel_size[0] * g.kernel_size[1] * x.shape[2]
     rows = _chunk_rows(g, k, n, x.element_size())
     if not rows:
         return torch.bmm(grad, unfold_(x, g).transpose(1, 2))
-    view, wo = _unfold_rows_view(x, g), g.output_size[1]
+    (ho, wo), kh, sh = g.output_size, g.kernel_size[0], g.stride[0]
+    if _strip_path(x):
+        xp, kc = _pad(x, g), k // kh
+        blocks = grad.new_empty((ho, kh, wo, o, kc))
+        g4 = grad.view(ho, wo, o, n)
+        for i in range(ho):
+            for a in range(kh):
+                torch.bmm(g4[i], _strip(xp, g, i * sh + a, transpose=True), out=blocks[i, a])
+        return blocks.permute(0, 2, 3, 1, 4).reshape(num_pos, o, k)
+    view = _unfold_rows_view(x, g)
     out = grad.new_empty((num_pos, o, k))
     buf = x.new_empty(rows * wo * k * n)
-    for i0 in range(0, g.output_size[0], rows):
-        i1 = min(g.output_size[0], i0 + rows)
+    for i0 in range(0, ho, rows):
+        i1 = min(ho, i0 + rows)
         l0, l1 = i0 * wo, i1 * wo
         cols = buf[: (l1 - l0) * k * n].view(i1 - i0, *view.shape[1:])
         cols.copy_(view[i0:i1])
@@ -206,16 +274,19 @@ def lc_adjoint(
     n = y.shape[-1]
     if not _chunk_rows(g, k, n, y.element_size()):
         return fold_(torch.bmm(weight.transpose(1, 2), y), g, channels, out=out)
-    (ho, wo), kw, s = g.output_size, g.kernel_size[1], g.stride[0]
     if out is None:
         out = y.new_zeros((*g.input_size, channels, n))
-    w4, y4 = weight.view(ho, wo, o, k), y.view(ho, wo, o, n)
-    for i in range(ho):
-        for a, b, (oi, oj), (ii, ij) in g.blocks:
-            if not oi.start <= i < oi.stop:
-                continue
-            t = (a * kw + b) * channels
-            out[ii.start + (i - oi.start) * s, ij].baddbmm_(w4[i, oj, :, t : t + channels].transpose(1, 2), y4[i, oj])
+    assert out.is_contiguous(), "lc_adjoint accumulates into a contiguous (H, W, C, N) tensor"
+    # Each operand as one precomputed `as_strided` (Geometry.adjoint_plan): the slicing that
+    # spells the same views costs ~8 view ops per GEMM, 30% of the kernel in Python.
+    weight, y = weight.contiguous(), y.contiguous()
+    cn, ok, on, step = channels * n, o * k, o * n, g.stride[1] * channels * n
+    wb, yb, ob = weight.storage_offset(), y.storage_offset(), out.storage_offset()
+    for pixel, m, position, tap in g.adjoint_plan:
+        out.as_strided((m, channels, n), (step, n, 1), ob + pixel * cn).baddbmm_(
+            weight.as_strided((m, channels, o), (ok, 1, k), wb + position * ok + tap * channels),
+            y.as_strided((m, o, n), (on, n, 1), yb + position * on),
+        )
     return out
 
 

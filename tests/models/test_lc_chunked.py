@@ -1,6 +1,7 @@
-"""The chunked LC kernels (large layers: columns built a few rows at a time, the adjoint
-tap by tap) give the one-shot kernels' results: forced here on small layers by shrinking
-`lc_ops.CHUNK_BYTES`, float64, every gradient of the layer and of its transpose."""
+"""The large-layer LC kernels give the one-shot kernels' results: forced here on small
+layers by shrinking `lc_ops.CHUNK_BYTES`, float64, every gradient of the layer and of its
+transpose. Both large-layer forms: row strips read in place (float32/64 on CPU) and
+columns built a few rows at a time (bf16, GPUs), the adjoint tap by tap in both."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def _grads(layer, x, y, feedback=None):
 
 @pytest.mark.parametrize("c, o, size, kernel, stride, padding", CASES)
 @pytest.mark.parametrize("with_feedback", [False, True])
-def test_chunked_kernels_match_one_shot(monkeypatch, c, o, size, kernel, stride, padding, with_feedback):
+@pytest.mark.parametrize("strips", [True, False], ids=["strips", "columns"])
+def test_chunked_kernels_match_one_shot(monkeypatch, c, o, size, kernel, stride, padding, with_feedback, strips):
     torch.manual_seed(0)
     layer = LocallyConnected2d(c, o, size, kernel, stride, padding, dtype=torch.float64)
     with torch.no_grad():
@@ -47,7 +49,8 @@ def test_chunked_kernels_match_one_shot(monkeypatch, c, o, size, kernel, stride,
     layer.zero_grad()
     # one row per chunk; the transpose layer's geometry is the same object's twin
     monkeypatch.setattr(lc_ops, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(lc_ops, "_strip_path", lambda x: strips)
     assert lc_ops._chunk_rows(g, k, 5, 8) == 1
     chunked = _grads(layer, x, y, feedback)
     for ref, got in zip(reference, chunked, strict=True):
-        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)  # strips: kh partial sums, rounding alone
