@@ -55,9 +55,11 @@ class RuleConfig:
     reconstruction loss is averaged (a lower-variance estimate for K times the inverse compute).
     Default 1 (Ernoult et al.'s `feedback_samples_per_iteration`)."""
     feedback_iterations: int | None = None
-    """LDRL/DRL only: inverse-optimizer steps per batch. Only 1 (the default) is supported yet:
-    the DDP, DeepSpeed and pipeline engines step their optimizers themselves, so extra inverse
-    steps could not run on every engine. (Ernoult et al. used 20–55 per layer and batch.)"""
+    """LDRL/DRL only: K, inverse-optimizer steps per batch. K > 1: K inverse-only steps (each
+    a forward pass without graph, the inverse losses on fresh noise, an inverse-optimizer step),
+    then one forward-only step — Ernoult et al.'s order (they used 20–55 per layer and batch);
+    K + 1 forward passes per batch. Default 1: one merged step. Runs on the none, ddp and
+    pipeline backends; DeepSpeed's one engine cannot idle the forward group (refused)."""
     feedback_seed: int = 1234
     """FA/DFA: seed of the fixed random feedback matrices; KP: of the initial B_l; AO-SDTP: of
     the auxiliary projection."""

@@ -67,17 +67,24 @@ class DifferenceReconstruction(TargetPropagation):
             value = getattr(cfg, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"algorithm.{key} must be an integer >= 1, got {value!r}")
-        if cfg.feedback_iterations is not None and cfg.feedback_iterations > 1:
-            raise ValueError(
-                f"algorithm.feedback_iterations={cfg.feedback_iterations} is not supported yet (only 1): the "
-                f"DDP, DeepSpeed and pipeline engines step their optimizers themselves, so extra inverse steps "
-                f"per batch would not run on every engine; raise optim.inverse.lr or "
-                f"algorithm.drl_noise_samples instead"
-            )
 
     @property
     def beta(self) -> float:
         return 0.7 if self.cfg.beta is None else float(self.cfg.beta)
+
+    @property
+    def feedback_iterations(self) -> int:
+        return 1 if self.cfg.feedback_iterations is None else int(self.cfg.feedback_iterations)
+
+    def step_phases(self, phase: str) -> tuple[str, ...]:
+        """K = `feedback_iterations` inverse steps per batch, then (where the phase trains
+        θ) one forward step, as Ernoult et al. train the feedback weights before each forward
+        update; each inverse step draws its own noise. K = 1 keeps the one merged step (the
+        signals then read g_l before this batch's inverse update, not after)."""
+        k = self.feedback_iterations
+        if k == 1 or phase == "forward":
+            return (phase,)
+        return ("inverse",) * k + (("forward",) if phase == "both" else ())
 
     @property
     def noise_samples(self) -> int:
@@ -135,10 +142,11 @@ class LDRL(DifferenceReconstruction):
 
     Choices where the sources are silent or differ from this design:
     - σ is one value for all layers (theirs is per layer, 0.4…0.08 on CIFAR-10); default 0.1.
-    - Inverses are trained once per batch, summed with the task loss in one backward (the
-      parallel schedule) or every batch of an inverse epoch (alternating); theirs trains
-      layer by layer for 20–55 SGD steps per batch before the forward step
-      (`feedback_iterations` > 1 is refused until every engine can run it).
+    - By default inverses are trained once per batch, summed with the task loss in one
+      backward (the parallel schedule) or every batch of an inverse epoch (alternating);
+      theirs trains layer by layer for 20–55 SGD steps per batch before the forward step.
+      `feedback_iterations` = K > 1 gives their order with all layers at once: K Adam steps
+      of every g_l, then the forward step (`step_phases`).
     - No ½ and no 1/σ² on the loss: their form, so optim.inverse.lr absorbs σ² and the sum.
     - f_l(x) is recomputed under no_grad (one more forward per layer and step) rather than
       read from the graph, so the output layer (whose logits are not in `hs`) is not special.

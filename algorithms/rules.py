@@ -105,6 +105,19 @@ class Rule:
     def schedule(self) -> str:
         return "parallel"
 
+    def step_phases(self, phase: str) -> tuple[str, ...]:
+        """The engine steps (each a forward, a backward and its optimizers' steps) that train
+        one batch in `phase`: just `(phase,)`, except where a rule trains its inverses several
+        times per batch (`algorithms.drl`, `feedback_iterations`)."""
+        return (phase,)
+
+    @property
+    def separate_phases(self) -> bool:
+        """Whether batches are trained by separate inverse-only and forward-only steps (the
+        alternating schedule, or several inverse steps per batch) rather than one 'both' step:
+        DDP then keeps one wrapper per phase, and one DeepSpeed engine cannot run it."""
+        return self.schedule == "alternating" or len(self.step_phases("both")) > 1
+
     def phase_for_epoch(self, epoch: int) -> str:
         """'both' every batch, or for the alternating schedule one full epoch of inverse
         training (even epochs, starting with the first) then one of forward training."""

@@ -117,7 +117,7 @@ class DDPUpdater(Updater):
         """`per_phase=False` (for comparison, `bioscale bench ddp`): the alternating schedule
         gets one wrapper over θ and λ with `find_unused_parameters=True` instead."""
         super().__init__(learner, cfg)
-        alternating = learner.rule.schedule == "alternating"
+        alternating = learner.rule.separate_phases  # the alternating schedule, or K inverse steps per batch
         # Built up front on every rank (a collective), before any checkpoint is loaded:
         # loading copies into the same parameter tensors DDP holds. Two wrappers must never
         # track the same parameter (measured: both reducers then write its .grad, silently wrong).

@@ -66,6 +66,12 @@ class DeepSpeedUpdater:
                 "cannot idle a parameter group for an epoch (Adam keeps moving it on momentum); "
                 "use distributed.backend=none for the alternating schedule"
             )
+        if learner.rule.separate_phases:
+            raise ValueError(
+                "distributed.backend=deepspeed runs one merged step per batch: "
+                "algorithm.feedback_iterations > 1 needs inverse-only steps, in which one engine would "
+                "keep moving the forward group on Adam momentum; use distributed.backend=none, ddp or pipeline"
+            )
         # one forward group, or more where a rule tags weights for decoupled decay (KP's W_l, B_l)
         groups = [
             {**_group(g["params"], optim.forward, "forward"), **{k: v for k, v in g.items() if k != "params"}}

@@ -33,9 +33,9 @@ def tanh_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     in float32, instead of between two bf16 values of g (where a small d vanishes:
     measured, DTP's signals at α = 1.273e-3 then have cosine 0.009 with float64's;
     BENCHMARKS.md "bf16 difference targets"). Two tanh, as g(u) and g(u − d) were: the
-    cancellation-free tanh(b)·(1 − tanh(a)·tanh(a − b)) costs a third, and tanh is this
-    CPU's slowest elementwise op (7× sigmoid, measured); float32's own cancellation only
-    shows for far smaller d than the configs give (BENCHMARKS.md)."""
+    cancellation-free tanh(b)·(1 − tanh(a)·tanh(a − b)) costs a third tanh and two more
+    passes; float32's own cancellation only shows for far smaller d than the configs give
+    (BENCHMARKS.md)."""
     wide = torch.promote_types(a.dtype, torch.float32)
     a, b = a.to(wide), b.to(wide)
     return torch.tanh(a).sub_(torch.sub(a, b).tanh_())

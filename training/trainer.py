@@ -210,7 +210,7 @@ class Trainer:
             x = x.to(self.device, DTYPES[cfg.model.dtype], non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             with self.autocast_context():
-                out = self.engine.step(x, y, phase)
+                out = self._train_batch(x, y, phase)
             self.step += 1
             if cfg.model.weight_sharing == "instant" and self.step % cfg.model.sharing_every_steps() == 0:
                 # after the step: training/weight_sharing.py (DeepSpeed: into its master copy too)
@@ -246,6 +246,16 @@ class Trainer:
             if done >= total:
                 break
         progress.close()
+
+    def _train_batch(self, x, y, phase: str):
+        """The rule's engine steps for one batch (`Rule.step_phases`: one, or several inverse
+        steps then a forward step). Reported: the last step that trained θ (its logits and
+        task loss), with the last inverse step's inverse losses."""
+        outs = [self.engine.step(x, y, p) for p in self.learner.rule.step_phases(phase)]
+        out = outs[-1]
+        if len(outs) > 1 and not out.inverse_losses:
+            out.inverse_losses = next(o.inverse_losses for o in reversed(outs) if o.inverse_losses)
+        return out
 
     def autocast_context(self):
         """bf16 autocast around the step (forward and backward) and the diagnostics that

@@ -152,7 +152,6 @@ def test_drl_refuses_partial_activations():
         (dict(rule="ldrl", drl_noise_samples=0), "algorithm.drl_noise_samples must be an integer >= 1"),
         (dict(rule="ldrl", drl_noise_samples=1.5), "algorithm.drl_noise_samples must be an integer >= 1"),
         (dict(rule="drl", feedback_iterations=0), "algorithm.feedback_iterations must be an integer >= 1"),
-        (dict(rule="ldrl", feedback_iterations=5), "algorithm.feedback_iterations=5 is not supported yet"),
         (dict(rule="ldrl", sigma=0.0), "algorithm.sigma must be > 0 for rule 'ldrl'"),
         (dict(rule="drl", inverse_loss="denoising"), "algorithm.inverse_loss='denoising' does not apply to rule 'drl'"),
         (dict(rule="ldrl", alpha=0.1), "algorithm.alpha applies to rule 'dtp' only"),
@@ -169,6 +168,37 @@ def test_defaults_and_good_keys():
     assert (rule.beta, rule.noise_samples, rule.sigma, rule.schedule) == (0.7, 1, 0.1, "parallel")
     assert rule.target_propagation and rule.uses_output_inverse
     assert rule.inverse_layers(6) == [2, 3, 4, 5, 6]
+
+
+def test_feedback_iterations_train_the_inverses_k_times_before_the_forward_step():
+    """K inverse-only steps then one forward step per batch (every engine runs those phases);
+    K = 1 keeps the merged step. Through the Updater, as the trainer drives it: the inverse
+    Adam steps K times per batch, the forward Adam once, and θ only in the forward step."""
+    from bioscale.algorithms import AdamConfig, OptimConfig, Updater
+
+    one = build_learner("neurips_mnist_fc", RuleConfig(rule="ldrl"), input_shape=(16,)).rule
+    assert one.step_phases("both") == ("both",) and not one.separate_phases
+    learner = build_learner("neurips_mnist_fc", RuleConfig(rule="drl", feedback_iterations=3), input_shape=(16,))
+    rule = learner.rule
+    assert rule.step_phases("both") == ("inverse", "inverse", "inverse", "forward")
+    assert rule.step_phases("inverse") == ("inverse",) * 3 and rule.step_phases("forward") == ("forward",)
+    assert rule.separate_phases
+    updater = Updater(learner, OptimConfig(forward=AdamConfig(lr=1e-3), inverse=AdamConfig(lr=1e-3)))
+    x, y = torch.randn(8, 16), torch.randint(0, 10, (8,))
+    theta = [p.detach().clone() for p in learner.forward_parameters()]
+    lam = [p.detach().clone() for p in learner.inverse_parameters()]
+    for k, phase in enumerate(rule.step_phases("both")):
+        updater.step(x, y, phase)
+        moved_theta = any(not torch.equal(a, p) for a, p in zip(theta, learner.forward_parameters()))
+        assert moved_theta == (phase == "forward"), (k, phase)
+        moved_lam = [not torch.equal(a, p) for a, p in zip(lam, learner.inverse_parameters())]
+        assert moved_lam == [phase == "inverse"] * len(lam), (k, phase)
+        lam = [p.detach().clone() for p in learner.inverse_parameters()]
+    steps = {
+        name: {int(s["step"]) for s in opt.state.values()}
+        for name, opt in (("f", updater.forward), ("i", updater.inverse))
+    }
+    assert steps == {"f": {1}, "i": {3}}
 
 
 def test_help_config_documents_the_new_keys():

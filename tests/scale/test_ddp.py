@@ -60,6 +60,33 @@ def test_alternating_really_leaves_one_side_without_gradients(ranks):
     assert all(grads[n] is None for n, inv in names.items() if not inv)
 
 
+def test_ddp_updater_keeps_phase_wrappers_for_several_inverse_steps_per_batch(caplog):
+    """`feedback_iterations` > 1 runs inverse-only and forward-only steps: one wrapper each
+    (a 'both' wrapper would track λ twice), and the merged step is refused."""
+    import logging
+
+    import torch.distributed as dist
+
+    from bioscale.algorithms import RuleConfig, build_learner
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        learner = build_learner("neurips_mnist_fc", RuleConfig(rule="ldrl", feedback_iterations=2), input_shape=(16,))
+        with caplog.at_level(logging.INFO):
+            updater = DDPUpdater(learner.double(), OPTIM)
+        assert sorted(updater.wrappers) == ["forward", "inverse"]
+        assert "wrappers for phases forward, inverse" in caplog.text
+        x, y = torch.randn(4, 16, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+        for phase in learner.rule.step_phases("both"):
+            updater.step(x, y, phase)
+        assert {int(s["step"]) for s in updater.inverse.state.values()} == {2}
+        assert {int(s["step"]) for s in updater.forward.state.values()} == {1}
+        with pytest.raises(ValueError, match="phases"):
+            updater.step(x, y, "both")
+    finally:
+        dist.destroy_process_group()
+
+
 def test_ddp_updater_refuses_a_phase_it_has_no_wrapper_for():
     """One process group of one rank is enough to build the wrappers."""
     import torch.distributed as dist

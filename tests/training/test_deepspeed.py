@@ -92,6 +92,16 @@ def test_deepspeed_refuses_the_alternating_schedule(shards, tmp_path):
     assert not (tmp_path / "alt" / "checkpoints").exists()
 
 
+def test_deepspeed_refuses_several_inverse_steps_per_batch():
+    """feedback_iterations > 1 needs inverse-only steps: refused before DeepSpeed starts."""
+    from bioscale.algorithms import OptimConfig, RuleConfig, build_learner
+    from bioscale.distributed.deepspeed_engine import DeepSpeedUpdater
+
+    learner = build_learner("neurips_mnist_fc", RuleConfig(rule="ldrl", feedback_iterations=2), input_shape=(16,))
+    with pytest.raises(ValueError, match="feedback_iterations > 1 needs inverse-only steps"):
+        DeepSpeedUpdater(learner, OptimConfig(), dist_cfg=None, micro_batch=1)
+
+
 def _rule_args(rule: str) -> list[str]:
     # COMMON's σ is SDTP's; feedback alignment learns no inverses and refuses it
     return [f"algorithm.rule={rule}"] + (["algorithm.sigma=null"] if rule in ("fa", "dfa") else [])

@@ -154,6 +154,22 @@ def test_pipeline_matches_one_process_for_every_rule_kind(shards, tmp_path, conf
         assert torch.allclose(a[k], b[k], atol=1e-9, rtol=0), f"{k}: max diff {(a[k] - b[k]).abs().max():.2e}"
 
 
+@pytest.mark.slow
+def test_pipeline_runs_several_inverse_steps_per_batch(shards, tmp_path):
+    """L-DRL with algorithm.feedback_iterations=2 at S = 2: every stage steps its inverse
+    optimizer twice and its forward optimizer once per batch (the saved Adam states)."""
+    config = CONFIGS.parent / "later_rules" / "fashion_mnist" / "lc_ldrl.yaml"
+    proc = train(
+        shards, tmp_path / "k2", *PIPELINE, "algorithm.feedback_iterations=2", epochs=1, ranks=2, config=config
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(history(tmp_path / "k2")) == 1
+    for stage in sorted((tmp_path / "k2" / "checkpoints").glob("stage*")):
+        optim = torch.load(sorted(stage.glob("step_*.pt"))[-1], weights_only=False)["optim"]
+        steps = {k: {int(s["step"]) for s in v["state"].values()} for k, v in optim.items() if v}
+        assert steps == {"forward": {6}, "inverse": {12}}, (stage.name, steps)
+
+
 def test_pipeline_refuses_a_world_size_the_stages_do_not_divide(shards, tmp_path):
     proc = train(shards, tmp_path / "bad", *PIPELINE, epochs=1)  # one process, two stages
     assert proc.returncode == 2, proc.stderr

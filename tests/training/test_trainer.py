@@ -170,6 +170,21 @@ def test_alternating_schedule_trains_inverses_then_forward(shards, tmp_path):
     assert any(s > spe for s, _ in tags["train/loss"])
 
 
+def test_feedback_iterations_run_k_inverse_steps_per_batch(shards, tmp_path):
+    """LDRL with algorithm.feedback_iterations=3 through `bioscale train`: per batch the
+    inverse optimizer steps 3 times and the forward optimizer once (the saved Adam states),
+    and the inverse losses are still logged."""
+    out = tmp_path / "k3"
+    args = ("algorithm.feedback_iterations=3", "train.max_steps_per_epoch=3", "train.log_every_steps=1")
+    proc = run(train_cmd(shards, out, "model.arch=iclr_mnist_fc", *args, epochs=1, rule="ldrl"))
+    assert proc.returncode == 0, proc.stderr
+    state = CheckpointManager(out).load_latest()
+    assert state is not None and state["step"] == 3
+    steps = {k: {int(s["step"]) for s in v["state"].values()} for k, v in state["optim"].items()}
+    assert steps == {"forward": {3}, "inverse": {9}}
+    assert [s for s, _ in scalars(out / "tb")["layer2/inverse_loss"]] == [1, 2, 3]
+
+
 def test_init_from_loads_weights_but_starts_a_new_run(shards, tmp_path):
     first = tmp_path / "first"
     assert run(train_cmd(shards, first, epochs=1)).returncode == 0
