@@ -67,6 +67,34 @@ class _LCGeometry(SlidingWindow):
         layer's parameters (training/weight_sharing.py)."""
         self._set_every_position(lambda t, dims: _mean_keep(t, dims))
 
+    def hebbian_share_(self, rate: float, iterations: int, generator: torch.Generator) -> None:
+        """Dynamic weight sharing (Pogodin et al. 2021's sleep phase as the SGD their
+        lateral dynamics implement): `iterations` times, every position receives the same
+        K = fan-in random inputs x_1..x_K ~ N(0, I) (one (K, K) draw from `generator`), each
+        filter's responses y_l = W_l·x_m are compared with their mean over positions, and
+        W_l ← W_l − (γ/K)·Σ_m (y_l − ȳ)(x_m)ᵀ — an anti-Hebbian step on ½Σ_l (y_l − ȳ)²,
+        per out-channel, whose expectation is W_l ← W_l − γ(W_l − W̄). The mean filter is
+        unchanged exactly (the deviations sum to zero over positions); the spread shrinks
+        by about (1 − γ)² + γ² in squared norm per iteration. A KP layer's trained feedback
+        is shared the same way with the same inputs. Biases, whose input is the constant 1,
+        take their step's expectation b ← b − γ(b − b̄) (their share of y_l − ȳ that comes
+        from W·x averages out). Gradient-free, in place; under ZeRO-3 inside a gather, like
+        `share_weights_`."""
+        with torch.no_grad():
+            k = self.fan_in
+            for _ in range(iterations):
+                x = torch.randn(k, k, generator=generator, dtype=torch.float64)
+                for name in ("weight", "feedback_weight"):
+                    p = getattr(self, name, None)
+                    if isinstance(p, torch.Tensor):
+                        xp = x.to(device=p.device, dtype=torch.promote_types(p.dtype, torch.float32))
+                        y = torch.matmul(p.to(xp.dtype), xp)  # (L, O, K) responses
+                        y -= y.mean(0, keepdim=True)
+                        p.sub_(torch.matmul(y, xp.t()).mul_(rate / k).to(p.dtype))
+                bias = getattr(self, "bias", None)
+                if isinstance(bias, torch.Tensor):
+                    bias.sub_((bias - _mean_keep(bias, (1, 2))).mul_(rate))
+
     def tie_weights_(self) -> None:
         """Copy position 0's filter (and bias) to every position: the tied start that
         weight sharing needs. Averaging *independent* random filters over Ho·Wo positions

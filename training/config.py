@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 DTYPES = ("float32", "float64", "bfloat16")
-WEIGHT_SHARING = ("none", "instant")
+WEIGHT_SHARING = ("none", "instant", "dynamic")
 BACKENDS = ("none", "ddp", "deepspeed", "pipeline")
 SCHEDULES = ("1f1b", "gpipe")
 PIPELINE_MODES = ("sync", "decoupled")
@@ -65,18 +65,32 @@ class ModelConfig:
     dtype: str = "float32"
     """Parameter dtype: float32 | float64 | bfloat16 (float64 only without DeepSpeed)."""
     weight_sharing: str = "none"
-    """LC nets only: none | instant — every weight_sharing_every_steps optimizer steps, replace
-    each LC layer's filters (forward layers, the transposed LC layers of TP inverses, and a KP
-    layer's trained feedback) by their average over positions, per (out-channel, kernel-tap)
-    slot, biases per channel (Pogodin et al. 2021's weight-sharing phase, exact); the weights
-    stay untied in between. Training starts from tied weights (position 0's filter at every
-    position). FA's fixed feedback and Adam's moments are left alone."""
+    """LC nets only: none | instant | dynamic — every weight_sharing_every_steps optimizer
+    steps, instant replaces each LC layer's filters (forward layers, the transposed LC layers
+    of TP inverses, and a KP layer's trained feedback) by their average over positions, per
+    (out-channel, kernel-tap) slot, biases per channel (Pogodin et al. 2021's weight-sharing
+    phase, exact); dynamic instead pulls them towards that average by anti-Hebbian steps on
+    shared random inputs (their lateral dynamics, as SGD; training/weight_sharing.py). The
+    weights stay untied in between. Training starts from tied weights (position 0's filter at
+    every position). FA's fixed feedback and Adam's moments are left alone."""
     weight_sharing_every_steps: int | None = None
-    """Optimizer steps between two sharing events (model.weight_sharing=instant only); None = 10."""
+    """Optimizer steps between two sharing events (instant or dynamic sharing); None = 10."""
+    weight_sharing_rate: float | None = None
+    """dynamic only: γ in (0, 1], the anti-Hebbian rate; each iteration moves every filter by
+    γ(W̄ − W) in expectation (spread × ≈ sqrt((1 − γ)² + γ²)). None = 0.5."""
+    weight_sharing_iterations: int | None = None
+    """dynamic only: anti-Hebbian iterations per sharing event (each: fan-in random inputs
+    shown to every position). None = 10."""
 
     def sharing_every_steps(self) -> int:
         """Steps between sharing events, the default filled in."""
         return 10 if self.weight_sharing_every_steps is None else self.weight_sharing_every_steps
+
+    def sharing_rate(self) -> float:
+        return 0.5 if self.weight_sharing_rate is None else self.weight_sharing_rate
+
+    def sharing_iterations(self) -> int:
+        return 10 if self.weight_sharing_iterations is None else self.weight_sharing_iterations
 
 
 @dataclass
@@ -368,8 +382,15 @@ def _validate(cfg: ExperimentConfig, sources: dict[str, str]) -> None:
     choice("model.dtype", DTYPES)
     choice("model.weight_sharing", WEIGHT_SHARING)
     at_least("model.weight_sharing_every_steps", 1, optional=True)
+    at_least("model.weight_sharing_iterations", 1, optional=True)
     if cfg.model.weight_sharing == "none" and cfg.model.weight_sharing_every_steps is not None:
-        fail("model.weight_sharing_every_steps", "applies to model.weight_sharing=instant only")
+        fail("model.weight_sharing_every_steps", "applies to model.weight_sharing=instant or dynamic only")
+    for key in ("weight_sharing_rate", "weight_sharing_iterations"):
+        if cfg.model.weight_sharing != "dynamic" and getattr(cfg.model, key) is not None:
+            fail(f"model.{key}", "applies to model.weight_sharing=dynamic only")
+    rate = cfg.model.weight_sharing_rate
+    if rate is not None and not 0 < rate <= 1:
+        fail("model.weight_sharing_rate", f"must be in (0, 1], got {rate}")
     choice("algorithm.rule", RULES)
     for side in ("forward", "inverse"):
         adam: AdamConfig = getattr(cfg.optim, side)

@@ -25,7 +25,7 @@ from bioscale.training.metrics import MetricsLogger
 from bioscale.training.preflight import check_config
 from bioscale.training.progress import ProgressReporter
 from bioscale.training.selection import select_epoch, write_result
-from bioscale.training.weight_sharing import share_weights, tie_weights
+from bioscale.training.weight_sharing import dynamic_sharing, share_weights, tie_weights
 
 log = logging.getLogger("bioscale.train")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -58,7 +58,7 @@ class Trainer:
             weights = load_weights(init_from)
             check_compatible(self.learner.state_dict(), weights, init_from)
             self.learner.load_state_dict(weights)
-        elif cfg.model.weight_sharing == "instant":
+        elif cfg.model.weight_sharing != "none":
             tie_weights(self.learner)  # one filter per LC layer at the start (training/weight_sharing.py)
         self.engine.build(self.learner)
         self.step, self.epoch = 0, 0
@@ -212,9 +212,9 @@ class Trainer:
             with self.autocast_context():
                 out = self._train_batch(x, y, phase)
             self.step += 1
-            if cfg.model.weight_sharing == "instant" and self.step % cfg.model.sharing_every_steps() == 0:
+            if cfg.model.weight_sharing != "none" and self.step % cfg.model.sharing_every_steps() == 0:
                 # after the step: training/weight_sharing.py (DeepSpeed: into its master copy too)
-                share_weights(self.learner, deepspeed_stage=self.engine.deepspeed_zero_stage)
+                share_weights(self.learner, self.engine.deepspeed_zero_stage, self._sharing())
             done += 1
             # No host sync until a log step: statistics and the divergence flag stay on the
             # device (on CUDA, .item() here would stall the launch queue every step).
@@ -246,6 +246,13 @@ class Trainer:
             if done >= total:
                 break
         progress.close()
+
+    def _sharing(self):
+        """What a sharing event does to a layer: None (the exact average) or dynamic sharing."""
+        m = self.cfg.model
+        if m.weight_sharing != "dynamic":
+            return None
+        return dynamic_sharing(m.sharing_rate(), m.sharing_iterations(), self.cfg.seed, self.step)
 
     def _train_batch(self, x, y, phase: str):
         """The rule's engine steps for one batch (`Rule.step_phases`: one, or several inverse

@@ -1,9 +1,13 @@
 """`model.weight_sharing=instant`: every `model.weight_sharing_every_steps` optimizer steps,
 each locally-connected layer's weights are replaced by their average over positions
 (`LocallyConnected2d.share_weights_`, after Pogodin et al. 2021's sleep-phase weight
-sharing, done exactly instead of through lateral Hebbian dynamics). Training starts from
-tied weights (`tie_weights`: position 0's filter everywhere, the conv twin's init scale);
-the positions then drift apart between sharing events.
+sharing, done exactly instead of through lateral Hebbian dynamics). `dynamic`: the same
+events run `model.weight_sharing_iterations` anti-Hebbian steps of rate
+`model.weight_sharing_rate` on shared random inputs instead (`hebbian_share_`), which pull
+the positions towards their mean without reaching it; the inputs come from a generator
+seeded by (seed, step), so every rank draws the same ones and a resumed run the same again.
+Training starts from tied weights (`tie_weights`: position 0's filter everywhere, the conv
+twin's init scale); the positions then drift apart between sharing events.
 
 Which layers: every LC layer of the net — the forward layers f_l and, for target
 propagation, the transposed LC layers of the inverses g_l (so an LC net's inverses move
@@ -26,7 +30,9 @@ those rounded values (not the average of its own float32 values)."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from bioscale.models.locally_connected import LocallyConnected2d, LocallyConnectedTranspose2d
@@ -48,15 +54,25 @@ def tie_weights(module: nn.Module) -> int:
     return len(layers)
 
 
-def share_weights(module: nn.Module, deepspeed_stage: int | None = None) -> int:
-    """Average every LC layer's weights over positions (see the module docstring). Returns
-    the number of layers shared. `deepspeed_stage`: the ZeRO stage when the weights belong
-    to a DeepSpeed engine (every rank must call this then), None otherwise."""
+def dynamic_sharing(rate: float, iterations: int, seed: int, step: int) -> Callable[[nn.Module], None]:
+    """The `share` of `share_weights` for model.weight_sharing=dynamic at optimizer step `step`."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return lambda layer: layer.hebbian_share_(rate, iterations, generator)
+
+
+def share_weights(
+    module: nn.Module, deepspeed_stage: int | None = None, share: Callable[[nn.Module], None] | None = None
+) -> int:
+    """Share every LC layer's weights over positions: `share(layer)`, by default the exact
+    average (`share_weights_`; see the module docstring). Returns the number of layers
+    shared. `deepspeed_stage`: the ZeRO stage when the weights belong to a DeepSpeed engine
+    (every rank must call this then), None otherwise."""
+    share = share or (lambda layer: layer.share_weights_())
     layers = lc_layers(module)
     for layer in layers:
         params = list(layer.parameters(recurse=False))
         if deepspeed_stage is None:
-            layer.share_weights_()
+            share(layer)
             continue
         import deepspeed
         from deepspeed.utils import safe_set_full_fp32_param
@@ -67,7 +83,7 @@ def share_weights(module: nn.Module, deepspeed_stage: int | None = None) -> int:
             else contextlib.nullcontext()
         )
         with gather:
-            layer.share_weights_()  # every rank computes the same average from the same full weights
+            share(layer)  # every rank computes the same result from the same full weights (and inputs)
             values = [p.detach().clone() for p in params]
         for p, value in zip(params, values):
             safe_set_full_fp32_param(p, value)  # the optimizer's master copy (no-op without one)

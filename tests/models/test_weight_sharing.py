@@ -1,4 +1,6 @@
-"""Instant weight sharing of LC layers (`share_weights_`, `model.weight_sharing=instant`):
+"""Weight sharing of LC layers (`share_weights_`, `model.weight_sharing=instant`; the
+anti-Hebbian `hebbian_share_`, `dynamic`, keeps the mean and pulls every position to it).
+Instant sharing:
 after a sharing event every position holds the same filter and the layer computes the
 convolution with that filter (an `nn.Conv2d` on the input padded by the LC layer's
 TensorFlow-style rules, written out here independently) to 1e-6; the transpose layer
@@ -127,10 +129,16 @@ def test_weight_sharing_config_keys():
     from bioscale.training.config import ConfigError, ExperimentConfig, load_config
 
     assert load_config(None, ["model.weight_sharing=instant"]).model.sharing_every_steps() == 10
-    with pytest.raises(ConfigError, match="must be one of none, instant"):
-        load_config(None, ["model.weight_sharing=dynamic"])
-    with pytest.raises(ConfigError, match="applies to model.weight_sharing=instant only"):
+    with pytest.raises(ConfigError, match="must be one of none, instant, dynamic"):
+        load_config(None, ["model.weight_sharing=hebbian"])
+    with pytest.raises(ConfigError, match="applies to model.weight_sharing=instant or dynamic only"):
         load_config(None, ["model.weight_sharing_every_steps=5"])
+    with pytest.raises(ConfigError, match="model.weight_sharing_rate.*applies to model.weight_sharing=dynamic only"):
+        load_config(None, ["model.weight_sharing=instant", "model.weight_sharing_rate=0.5"])
+    with pytest.raises(ConfigError, match=r"model.weight_sharing_rate.*must be in \(0, 1\], got 1.5"):
+        load_config(None, ["model.weight_sharing=dynamic", "model.weight_sharing_rate=1.5"])
+    with pytest.raises(ConfigError, match="model.weight_sharing_iterations.*must be >= 1"):
+        load_config(None, ["model.weight_sharing=dynamic", "model.weight_sharing_iterations=0"])
     with pytest.raises(ConfigError, match="must be >= 1"):
         load_config(None, ["model.weight_sharing=instant", "model.weight_sharing_every_steps=0"])
     text = ExperimentConfig.describe()
@@ -148,6 +156,51 @@ def test_weight_sharing_config_keys():
         check_config(cfg)
 
 
+def _spread(t: torch.Tensor) -> float:
+    return (t - t.mean(0, keepdim=True)).norm().item()
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_dynamic_sharing_keeps_the_mean_filter_and_pulls_positions_to_it(transpose):
+    """Anti-Hebbian steps on shared random inputs (`hebbian_share_`): the mean over
+    positions of every weight and bias is unchanged (float64, to rounding), the spread
+    around it shrinks by about sqrt((1 − γ)² + γ²) per iteration (γ = 0.5: 0.71), and
+    enough iterations leave every position holding (nearly) the instant-shared filter,
+    so the layer computes (nearly) the convolution."""
+    torch.manual_seed(0)
+    cls = LocallyConnectedTranspose2d if transpose else LocallyConnected2d
+    layer = cls(3, 4, (7, 7), 3, 1, "same", dtype=torch.float64)
+    with torch.no_grad():
+        layer.bias.normal_()
+    exact = LocallyConnectedTranspose2d if transpose else LocallyConnected2d
+    target = exact(3, 4, (7, 7), 3, 1, "same", dtype=torch.float64)
+    target.load_state_dict(layer.state_dict())
+    target.share_weights_()
+    w0, b0 = layer.weight.detach().clone(), layer.bias.detach().clone()
+    g = torch.Generator().manual_seed(0)
+    layer.hebbian_share_(0.5, 1, g)
+    one = _spread(layer.weight) / _spread(w0)
+    assert 0.4 < one < 0.95, one  # one iteration: a partial pull, not the exact average
+    layer.hebbian_share_(0.5, 59, g)
+    assert torch.allclose(layer.weight.mean(0), w0.mean(0), atol=1e-12, rtol=0)
+    assert torch.allclose(layer.bias.mean((1, 2)), b0.mean((1, 2)), atol=1e-12, rtol=0)
+    assert _spread(layer.weight) < 1e-6 * _spread(w0)
+    assert _spread(layer.bias.flatten(1).t()) < 1e-6 * _spread(b0.flatten(1).t())
+    x = torch.randn(2, *((4, 7, 7) if transpose else (3, 7, 7)), dtype=torch.float64)
+    torch.testing.assert_close(layer(x), target(x), rtol=0, atol=1e-6)
+
+
+def test_dynamic_sharing_shares_a_kp_feedback_with_its_weight():
+    from bioscale.algorithms import RuleConfig, build_learner
+    from bioscale.training.weight_sharing import dynamic_sharing, share_weights
+
+    kp = build_learner("iclr_mnist_lc", RuleConfig(rule="kp"), input_shape=(1, 8, 8), dtype=torch.float64)
+    layer = kp.net.blocks[1].layer
+    before = _spread(layer.feedback_weight)
+    share_weights(kp, share=dynamic_sharing(0.5, 40, seed=0, step=3))
+    assert _spread(layer.feedback_weight) < 1e-4 * before
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     from tests.datasets import prepare_small_fashion
@@ -155,7 +208,8 @@ def shards(tmp_path_factory):
     return prepare_small_fashion(tmp_path_factory.mktemp("fashion"), n_train=400, n_test=100, val_size=100)
 
 
-def test_trainer_shares_every_n_steps_and_logs_kp_angles(shards, tmp_path):
+@pytest.mark.parametrize("mode", ["instant", "dynamic"])
+def test_trainer_shares_every_n_steps_and_logs_kp_angles(shards, tmp_path, mode):
     from bioscale.training.config import load_config
     from bioscale.training.trainer import Trainer
     from bioscale.training.weight_sharing import lc_layers
@@ -164,8 +218,9 @@ def test_trainer_shares_every_n_steps_and_logs_kp_angles(shards, tmp_path):
     overrides = [
         "model.arch=iclr_mnist_lc",
         "algorithm.rule=kp",
-        "model.weight_sharing=instant",
+        f"model.weight_sharing={mode}",
         "model.weight_sharing_every_steps=3",
+        *(["model.weight_sharing_iterations=30"] if mode == "dynamic" else []),
         "data.batch_size_per_rank=32",
         "data.num_workers=0",
         "train.epochs=1",
@@ -181,14 +236,21 @@ def test_trainer_shares_every_n_steps_and_logs_kp_angles(shards, tmp_path):
     assert result["epochs_completed"] == 1 and math.isfinite(result["val_top1_err"])
     layers = lc_layers(trainer.learner)
     assert len(layers) == 4
+
+    def shared(weight):  # dynamic: 30 iterations of γ = 0.5 leave ~0.71^30 ≈ 3e-5 of the spread
+        if mode == "instant":
+            assert_one_filter(weight)
+        else:
+            assert _spread(weight) < 1e-3 * weight.norm().item()
+
     for layer in layers:
-        assert_one_filter(layer.weight)
+        shared(layer.weight)
         # tied start: the shared filter keeps about the layer's Glorot scale (an untied start
         # averaged over 196 or 36 positions would leave ~1/14 or ~1/6 of it)
         glorot_std = math.sqrt(2.0 / (layer.fan_in + layer.fan_out))
         assert layer.weight.std().item() > 0.5 * glorot_std
         if getattr(layer, "feedback_weight", None) is not None:
-            assert_one_filter(layer.feedback_weight)
+            shared(layer.feedback_weight)
     tags = scalars(tmp_path / "run" / "tb")
     for l in (2, 3, 4, 5):
         angles = tags[f"angle/feedback_vs_forward/l{l}"]
