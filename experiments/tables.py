@@ -493,7 +493,8 @@ LATER_TP_RULES = ("ldrl", "drl")
 
 def _later_rows(folder: str, kind: str, archs: tuple[str, ...], tp_rules: tuple[str, ...]) -> tuple[Row, ...]:
     """signsym and kp on each of the ICLR nets `archs`, the later TP rules `tp_rules` (parallel)
-    on the LC net, then BP on the LC net with instant weight sharing every 10 steps (lc_ws)."""
+    on the LC net, then BP on the LC net with instant (lc_ws) and dynamic (lc_wsd) weight
+    sharing every 10 steps."""
     rows = [
         Row(rule, None, arch, f"iclr_{kind}_{arch}", f"later_rules/{folder}/{arch}_{rule}.yaml")
         for arch in archs
@@ -503,10 +504,16 @@ def _later_rows(folder: str, kind: str, archs: tuple[str, ...], tp_rules: tuple[
         Row(rule, "parallel", "lc", f"iclr_{kind}_lc", f"later_rules/{folder}/lc_{rule}.yaml") for rule in tp_rules
     ]
     rows.append(Row("bp", None, "lc_ws", f"iclr_{kind}_lc", f"later_rules/{folder}/lc_ws_bp.yaml"))
+    rows.append(Row("bp", None, "lc_wsd", f"iclr_{kind}_lc", f"later_rules/{folder}/lc_wsd_bp.yaml"))
     return tuple(rows)
 
 
-_LATER_TITLES = {"fc": "ICLR FC (7×240)", "lc": "ICLR LC", "lc_ws": "ICLR LC, weights shared every 10 steps"}
+_LATER_TITLES = {
+    "fc": "ICLR FC (7×240)",
+    "lc": "ICLR LC",
+    "lc_ws": "ICLR LC, weights shared every 10 steps",
+    "lc_wsd": "ICLR LC, dynamic (anti-Hebbian) sharing every 10 steps",
+}
 _register(
     Table(
         "later-fashion-mnist",
