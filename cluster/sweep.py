@@ -414,6 +414,7 @@ def run_sweep(sweep: Sweep, *, wait: bool, poll_s: float = 15.0, on_change=None)
     `on_change(status)` is called whenever a trial changes state."""
     with SweepLock(sweep.root):
         seen: dict[int, str] = {}
+        idle = False
         while True:
             submitted = sweep.advance()
             status = sweep.status(with_logs=False)
@@ -422,8 +423,16 @@ def run_sweep(sweep: Sweep, *, wait: bool, poll_s: float = 15.0, on_change=None)
                 on_change(status, submitted)
             seen.update(changes)
             running = any(s.state in ("pending", "running", "requeued") for s in status)
-            if sweep.complete(status) or not wait or (not running and not submitted):
+            if sweep.complete(status) or not wait:
                 return sweep.status()
+            if not running and not submitted:
+                if idle:  # nothing left that can run (failures): the caller reports them
+                    return sweep.status()
+                # the last job may have ended after advance() read the states: advance once
+                # more (it may decide a pruning stage and submit its winners) before giving up
+                idle = True
+                continue
+            idle = False
             time.sleep(poll_s)
 
 

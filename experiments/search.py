@@ -122,6 +122,7 @@ def run_searched(
         for s in searches:
             locks.enter_context(SweepLock(s.sweep.root))
         seen: dict[str, str] = {}
+        idle = False
         while True:
             submitted: list[str] = []
             busy = sum(_active_jobs(s, data, out, executor) for s in searches)
@@ -141,8 +142,14 @@ def run_searched(
             complete = all(s.sweep.complete(statuses[s.row.key]) for s in searches) and all(
                 is_finished(r) for r in finals
             )
-            if complete or not (submitted or any(_active_jobs(s, data, out, executor) for s in searches)):
+            if complete:
                 return finals
+            if not (submitted or any(_active_jobs(s, data, out, executor) for s in searches)):
+                if idle:  # nothing left that can run (failures): the caller reports them
+                    return finals
+                idle = True  # a job may have ended after advance() read the states: once more
+                continue
+            idle = False
             time.sleep(poll_s)
 
 
