@@ -37,8 +37,10 @@ from torch import nn
 
 from bioscale.models.locally_connected import LocallyConnected2d, LocallyConnectedTranspose2d
 
+LCLayer = LocallyConnected2d | LocallyConnectedTranspose2d
 
-def lc_layers(module: nn.Module) -> list[LocallyConnected2d | LocallyConnectedTranspose2d]:
+
+def lc_layers(module: nn.Module) -> list[LCLayer]:
     """Every LC layer (forward or transposed) inside `module`, in module order."""
     return [m for m in module.modules() if isinstance(m, (LocallyConnected2d, LocallyConnectedTranspose2d))]
 
@@ -54,14 +56,14 @@ def tie_weights(module: nn.Module) -> int:
     return len(layers)
 
 
-def dynamic_sharing(rate: float, iterations: int, seed: int, step: int) -> Callable[[nn.Module], None]:
+def dynamic_sharing(rate: float, iterations: int, seed: int, step: int) -> Callable[[LCLayer], None]:
     """The `share` of `share_weights` for model.weight_sharing=dynamic at optimizer step `step`."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
     return lambda layer: layer.hebbian_share_(rate, iterations, generator)
 
 
 def share_weights(
-    module: nn.Module, deepspeed_stage: int | None = None, share: Callable[[nn.Module], None] | None = None
+    module: nn.Module, deepspeed_stage: int | None = None, share: Callable[[LCLayer], None] | None = None
 ) -> int:
     """Share every LC layer's weights over positions: `share(layer)`, by default the exact
     average (`share_weights_`; see the module docstring). Returns the number of layers
