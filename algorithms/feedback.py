@@ -50,7 +50,7 @@ class TraceGap(torch.autograd.Function):
     def backward(ctx, grad):
         scale = ctx.trace.scale
         delta = grad.detach() if scale == 1.0 else grad.detach() / scale
-        ctx.trace.local_losses[ctx.layer] = 0.5 * delta.pow(2).sum()
+        ctx.trace.local_losses[ctx.layer] = 0.5 * torch.linalg.vector_norm(delta).square()  # one pass, no temporary
         return grad, None, None
 
 
