@@ -17,6 +17,7 @@ import math
 import torch
 from torch import nn
 
+from bioscale.models.activation import tanh, tanh_
 from bioscale.models.conv import Conv2dSame, ConvTranspose2dSame
 from bioscale.models.dense import Dense
 from bioscale.models.locally_connected import LocallyConnected2d, LocallyConnectedTranspose2d
@@ -38,7 +39,7 @@ def tanh_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     (BENCHMARKS.md)."""
     wide = torch.promote_types(a.dtype, torch.float32)
     a, b = a.to(wide), b.to(wide)
-    return torch.tanh(a).sub_(torch.sub(a, b).tanh_())
+    return tanh(a).sub_(tanh_(torch.sub(a, b)))
 
 
 class HiddenBlock(nn.Module):
@@ -65,14 +66,14 @@ class HiddenBlock(nn.Module):
 
     def forward(self, h: torch.Tensor, feedback_weight: torch.Tensor | None = None) -> torch.Tensor:
         x = h.flatten(1) if self.flatten_input else h
-        a = torch.tanh(self.layer(x, feedback_weight))
+        a = tanh(self.layer(x, feedback_weight))
         return self.pool(a) if self.pool is not None else a
 
     def inverse(self, h: torch.Tensor) -> torch.Tensor:
         if self.inverse_layer is None:
             raise RuntimeError(f"{self._name()} was built without an inverse")
         u = self.pool.adjoint(h) if self.pool is not None else h
-        return torch.tanh(self.inverse_layer(u)).reshape(-1, *self.in_shape)
+        return tanh(self.inverse_layer(u)).reshape(-1, *self.in_shape)
 
     def inverse_difference(self, h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """g(h) − g(h − d) without forming h − d or subtracting two values of g (see
@@ -131,7 +132,7 @@ class OutputBlock(nn.Module):
         if (z is None) != (self.aux_dim == 0):
             raise ValueError("the output inverse reads [p, z] exactly when the block has an auxiliary output")
         u = p if z is None else torch.cat([p, z], dim=1)
-        return torch.tanh(self.inverse_layer(u)).reshape(-1, *self.in_shape)
+        return tanh(self.inverse_layer(u)).reshape(-1, *self.in_shape)
 
     def inverse_difference(self, p: torch.Tensor, d: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """g(p[, z]) − g(p − d[, z]) as `HiddenBlock.inverse_difference` (z is the same in
