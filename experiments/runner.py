@@ -71,11 +71,15 @@ def plan(
 
 
 def choose_rows(table: Table, budget: Budget, rows: Sequence[str] = ()) -> list[Row]:
-    patterns = list(rows) or list(budget.rows)
-    chosen = [r for r in table.rows if not patterns or any(row_matches(r, p) for p in patterns)]
+    """The budget's rows (all when it names none) that match any of `rows` (all when empty):
+    `--rows` narrows a budget, it never adds rows the budget leaves out (a 'fc_*' at the
+    full budget must not start a search for a row that budget does not run)."""
+    in_budget = [r for r in table.rows if not budget.rows or any(row_matches(r, p) for p in budget.rows)]
+    chosen = [r for r in in_budget if not rows or any(row_matches(r, p) for p in rows)]
     if not chosen:
         raise ConfigError(
-            f"no row of table {table.name!r} matches {patterns}; rows: {', '.join(r.key for r in table.rows)}"
+            f"no row of table {table.name!r} in this budget matches {list(rows)}; "
+            f"its rows: {', '.join(r.key for r in in_budget)}"
         )
     return chosen
 

@@ -84,3 +84,19 @@ def test_rerunning_the_searched_table_submits_nothing(searched):
     )
     assert [job_records(d) for d in dirs] == before
     assert [r.status for r in again.results] == ["ok"]
+
+
+def test_rows_narrow_a_budget_and_never_add_to_it():
+    from bioscale.experiments import get_table
+    from bioscale.experiments.runner import choose_rows
+    from bioscale.training.config import ConfigError
+
+    table = get_table("fashion-mnist")
+    full = table.budgets["full"]
+    keys = {r.key.rsplit("/", 1)[-1] for r in choose_rows(table, full, ["fc_*"])}
+    # the table has more fc_ rows (fc_aosdtp_alt, ...) than the full budget runs
+    assert {r.key.rsplit("/", 1)[-1] for r in table.rows if r.key.rsplit("/", 1)[-1].startswith("fc_")} > keys
+    assert keys == {f"fc_{r}" for r in ("dtp", "dtp_alt", "sdtp", "sdtp_alt", "aosdtp", "fa", "dfa", "bp")}
+    with pytest.raises(ConfigError, match="in this budget"):
+        choose_rows(table, full, ["fc_aosdtp_alt"])
+    assert any(r.key.endswith("fc_aosdtp_alt") for r in choose_rows(table, table.budgets["small"], ["fc_*"]))
