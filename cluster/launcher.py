@@ -21,7 +21,8 @@ from typing import Any
 from bioscale.cluster.executors import Executor, SubmissionError
 from bioscale.cluster.profile import ClusterProfile
 from bioscale.cluster.training_job import TrainingJob
-from bioscale.training.config import ExperimentConfig, load_config
+from bioscale.training.config import ExperimentConfig
+from bioscale.training.config_loader import load_config
 from bioscale.training.preflight import check_experiment
 
 JOBS_FILE = "jobs.jsonl"

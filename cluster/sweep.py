@@ -45,7 +45,8 @@ from bioscale.cluster.executors import Executor
 from bioscale.cluster.search_space import as_overrides, load_space, sample
 from bioscale.cluster.training_job import TrainingJob
 from bioscale.data_pipeline.atomic_files import atomic_write_text
-from bioscale.training.config import ConfigError, ExperimentConfig, load_config
+from bioscale.training.config import ConfigError
+from bioscale.training.config_loader import config_from_dict, load_config, upgraded_config
 from bioscale.training.run_records import RunState, divergence_message, read_json, run_state
 from bioscale.training.selection import RESULT_FILE
 
@@ -163,7 +164,7 @@ class Sweep:
                 )
             return cls(root, stored, executor)
         if stored is not None:
-            stored.base_config = ExperimentConfig.upgraded(stored.base_config, str(root / BASE_CONFIG_FILE))
+            stored.base_config = upgraded_config(stored.base_config, str(root / BASE_CONFIG_FILE))
             diffs = _differences(asdict(stored), asdict(spec))
             if diffs:
                 raise ConfigError(
@@ -173,7 +174,7 @@ class Sweep:
             return cls(root, stored, executor)
         sweep = cls(root, spec, executor)
         root.mkdir(parents=True, exist_ok=True)
-        ExperimentConfig.from_dict(spec.base_config).save_yaml(root / BASE_CONFIG_FILE)
+        config_from_dict(spec.base_config).save_yaml(root / BASE_CONFIG_FILE)
         try:
             configs = [sweep._build_trial_config(i, spec.epochs) for i in range(spec.trials)]  # all checked first
         except ConfigError:

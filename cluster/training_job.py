@@ -109,7 +109,7 @@ def _limit_threads() -> None:
 
 def _train(config: dict[str, Any], label: str, job_id: str) -> dict[str, Any]:
     from bioscale.distributed import read_environment, shutdown
-    from bioscale.training.config import ExperimentConfig
+    from bioscale.training.config_loader import config_from_dict
     from bioscale.training.entry import train_run
 
     env = read_environment()
@@ -128,7 +128,7 @@ def _train(config: dict[str, Any], label: str, job_id: str) -> dict[str, Any]:
             env.restart_count,
             config["out"],
         )
-    cfg = ExperimentConfig.from_dict(config, source=f"{label} (submitted config)")
+    cfg = config_from_dict(config, source=f"{label} (submitted config)")
     result = train_run(cfg)
     shutdown()  # leave the process group cleanly so no rank exits under another's all-reduce
     keys = ("selected_epoch", "val_top1_err", "test_top1_err", "epochs_completed", "steps")

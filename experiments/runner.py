@@ -22,7 +22,8 @@ from bioscale.cluster.executors import Executor, LocalExecutor
 from bioscale.cluster.training_job import TrainingJob
 from bioscale.configs import CONFIG_DIR as CONFIGS
 from bioscale.experiments.tables import Budget, Row, Table, row_matches
-from bioscale.training.config import ConfigError, ExperimentConfig, load_config
+from bioscale.training.config import ConfigError, ExperimentConfig
+from bioscale.training.config_loader import load_config
 from bioscale.training.preflight import check_experiment
 from bioscale.training.run_records import run_state
 

@@ -395,7 +395,7 @@ def run_checks(
     """Every check; `echo(line)` is called as each finishes. `device` overrides
     distributed.device; `batch` defaults to the configured batch on CUDA and at most 16 on CPU."""
     from bioscale.distributed import local_device
-    from bioscale.training.config import load_config
+    from bioscale.training.config_loader import load_config
 
     report = Report()
     start = time.perf_counter()

@@ -18,6 +18,7 @@ from bioscale.algorithms import angles_to_bp, build_learner, feedback_angles
 from bioscale.distributed import all_reduce_sum, read_environment
 from bioscale.training.checkpoint import check_compatible, load_weights
 from bioscale.training.config import ConfigError, ExperimentConfig
+from bioscale.training.config_loader import upgraded_config
 from bioscale.training.divergence import DivergenceMonitor
 from bioscale.training.engines import make_engine
 from bioscale.training.host_memory import keep_freed_memory
@@ -136,7 +137,7 @@ class Trainer:
         self.engine.save(self.run_dir, self.step, self._state(), self.cfg.train.keep_checkpoints)
 
     def _check_same_run(self, state: dict) -> None:
-        saved = ExperimentConfig.upgraded(state["config"], f"{self.run_dir} checkpoint config")
+        saved = upgraded_config(state["config"], f"{self.run_dir} checkpoint config")
         for section in ("model", "algorithm"):
             if saved[section] != self.cfg.to_dict()[section]:
                 raise ConfigError(

@@ -27,12 +27,12 @@ def engine_throughput_worker(
 ) -> dict:
     """Runs on every rank: build the trainer's engine for this layout, warm up, then time
     `steps` global batches (each replica takes its slice, as the data plan gives it)."""
-    from bioscale.training.config import ExperimentConfig
+    from bioscale.training.config_loader import config_from_dict
     from bioscale.training.engines import make_engine
 
     backend = "pipeline" if stages > 1 else ("ddp" if replicas > 1 else "none")
     per_rank = batch // replicas
-    cfg = ExperimentConfig.from_dict(
+    cfg = config_from_dict(
         {
             "model": {"arch": arch},
             "algorithm": {"rule": rule},

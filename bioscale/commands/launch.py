@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     from bioscale.cluster import launcher, slurm_jobs
     from bioscale.cluster.executors import SlurmExecutor, SubmissionError
     from bioscale.cluster.profile import ProfileError
-    from bioscale.training.config import ConfigError, load_config
+    from bioscale.training.config import ConfigError
+    from bioscale.training.config_loader import load_config
     from bioscale.training.preflight import check_layout
     from bioscale.training.run_records import read_json
     from bioscale.training.selection import RESULT_FILE

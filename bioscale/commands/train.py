@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bioscale.training.config import describe, load_config
+    from bioscale.training.config_loader import describe, load_config
 
     if args.help_config:
         print(describe())

@@ -202,9 +202,9 @@ def test_feedback_iterations_train_the_inverses_k_times_before_the_forward_step(
 
 
 def test_help_config_documents_the_new_keys():
-    from bioscale.training.config import ExperimentConfig
+    from bioscale.training.config_loader import describe
 
-    text = ExperimentConfig.describe()
+    text = describe()
     for key in ("beta: float | None = None", "drl_noise_samples: int | None = None", "feedback_iterations"):
         assert f"algorithm.{key}" in text
     assert "ldrl (DTP whose inverses" in text and "drl (DTP with the difference reconstruction loss" in text

@@ -193,9 +193,9 @@ def test_bad_keys_are_refused(cfg, message):
 
 
 def test_help_config_documents_kp_decay():
-    from bioscale.training.config import ExperimentConfig
+    from bioscale.training.config_loader import describe
 
-    text = ExperimentConfig.describe()
+    text = describe()
     assert "algorithm.kp_decay: float | None = None" in text
     assert "signsym" in text and "kp (Kolen–Pollack" in text
 

@@ -12,7 +12,8 @@ import subprocess
 
 import pytest
 
-from bioscale.training.config import ConfigError, load_config
+from bioscale.training.config import ConfigError
+from bioscale.training.config_loader import load_config
 from bioscale.training.preflight import check_layout
 from tests.cluster.cluster_helpers import (
     bioscale,

@@ -9,7 +9,8 @@ import pytest
 
 from bioscale.cluster.profile import ProfileError, load_profile
 from bioscale.cluster.search_space import as_overrides, load_space, paper_space, sample
-from bioscale.training.config import ConfigError, load_config
+from bioscale.training.config import ConfigError
+from bioscale.training.config_loader import load_config
 
 
 def test_local_profile_becomes_submitit_parameters():

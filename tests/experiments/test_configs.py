@@ -12,7 +12,7 @@ import pytest
 from bioscale.algorithms import build_rule
 from bioscale.experiments.tables import TABLES
 from bioscale.models import build_network
-from bioscale.training.config import load_config
+from bioscale.training.config_loader import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ROW_FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if "base" not in p.relative_to(CONFIGS).parts)

@@ -126,7 +126,8 @@ def test_kp_feedback_is_shared_with_the_weight():
 
 
 def test_weight_sharing_config_keys():
-    from bioscale.training.config import ConfigError, ExperimentConfig, load_config
+    from bioscale.training.config import ConfigError, ExperimentConfig
+    from bioscale.training.config_loader import config_from_dict, describe, load_config
 
     assert load_config(None, ["model.weight_sharing=instant"]).model.sharing_every_steps() == 10
     with pytest.raises(ConfigError, match="must be one of none, instant, dynamic"):
@@ -141,13 +142,13 @@ def test_weight_sharing_config_keys():
         load_config(None, ["model.weight_sharing=dynamic", "model.weight_sharing_iterations=0"])
     with pytest.raises(ConfigError, match="must be >= 1"):
         load_config(None, ["model.weight_sharing=instant", "model.weight_sharing_every_steps=0"])
-    text = ExperimentConfig.describe()
+    text = describe()
     assert "model.weight_sharing: str = 'none'" in text
     assert "model.weight_sharing_every_steps: int | None = None" in text
     # a merged config (every key set, as the runner resubmits it) loads back
     cfg = load_config(None, ["model.weight_sharing=instant", "model.weight_sharing_every_steps=4"])
-    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
-    assert ExperimentConfig.from_dict(ExperimentConfig().to_dict()) == ExperimentConfig()
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert config_from_dict(ExperimentConfig().to_dict()) == ExperimentConfig()
 
     from bioscale.training.preflight import check_config
 
@@ -210,7 +211,7 @@ def shards(tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["instant", "dynamic"])
 def test_trainer_shares_every_n_steps_and_logs_kp_angles(shards, tmp_path, mode):
-    from bioscale.training.config import load_config
+    from bioscale.training.config_loader import load_config
     from bioscale.training.trainer import Trainer
     from bioscale.training.weight_sharing import lc_layers
     from tests.training.test_trainer import scalars

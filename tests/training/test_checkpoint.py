@@ -23,6 +23,7 @@ from bioscale.training.checkpoint import (
     load_weights,
 )
 from bioscale.training.config import ExperimentConfig
+from bioscale.training.config_loader import config_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
 WRITER = Path(__file__).with_name("checkpoint_writer.py")
@@ -76,7 +77,7 @@ def test_rng_states_and_config_round_trip(tmp_path):
     back = CheckpointManager(tmp_path).load_latest()
     torch.set_rng_state(back["torch_rng"]), random.setstate(back["py_rng"]), np.random.set_state(back["np_rng"])
     assert (torch.rand(3).tolist(), random.random(), np.random.rand()) == (expected[0].tolist(), *expected[1:])
-    assert ExperimentConfig.from_dict(back["config"]) == cfg
+    assert config_from_dict(back["config"]) == cfg
 
 
 @pytest.mark.parametrize(

@@ -5,14 +5,8 @@ import dataclasses
 
 import pytest
 
-from bioscale.training.config import (
-    ConfigError,
-    DistributedConfig,
-    ExperimentConfig,
-    describe,
-    load_config,
-    parse_override,
-)
+from bioscale.training.config import ConfigError, DistributedConfig, ExperimentConfig
+from bioscale.training.config_loader import config_from_dict, describe, load_config, parse_override
 
 
 def write(path, text):
@@ -187,10 +181,10 @@ def test_round_trips(tmp_path):
     )
     cfg.save_yaml(tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml", []) == cfg
-    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
-    assert ExperimentConfig.from_dict({"train": {"epochs": 2}}).train.epochs == 2
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert config_from_dict({"train": {"epochs": 2}}).train.epochs == 2
     with pytest.raises(ConfigError, match="checkpoint: unknown config key 'model.depth'"):
-        ExperimentConfig.from_dict({"model": {"depth": 3}}, source="checkpoint")
+        config_from_dict({"model": {"depth": 3}}, source="checkpoint")
 
 
 def test_parse_override_nests_the_dotted_key():
@@ -210,5 +204,4 @@ def test_describe_documents_every_field():
     leaves = [line.split(":")[0] for line in text.splitlines() if line and not line.startswith((" ", "["))]
     assert len(leaves) == len(set(leaves))
     assert {"name", "algorithm.rule", "optim.forward.lr", "distributed.device"} <= set(leaves)
-    assert ExperimentConfig.describe() == text
     assert all(f.name in text for f in dataclasses.fields(ExperimentConfig))

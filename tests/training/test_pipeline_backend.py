@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from bioscale.training.checkpoint import CheckpointError, check_checkpoint_layout
-from bioscale.training.config import ConfigError, load_config
+from bioscale.training.config import ConfigError
+from bioscale.training.config_loader import load_config
 from tests.datasets import prepare_small_fashion
 from tests.training.test_multiprocess import final_weights, free_port
 
