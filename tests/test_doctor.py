@@ -91,6 +91,6 @@ def test_step_failure_is_reported_with_its_reason(monkeypatch):
 
 @pytest.mark.parametrize("name,major", [("nvidia-dali-cuda130", 13), ("nvidia-dali-cuda120", 12)])
 def test_dali_build_major(name, major):
-    from bioscale.training.doctor import dali_cuda_major
+    from bioscale.training.doctor_stack import dali_cuda_major
 
     assert dali_cuda_major(name) == major
