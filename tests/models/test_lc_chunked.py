@@ -16,6 +16,11 @@ CASES = [
     (3, 4, (10, 7), 5, 2, "same"),
     (2, 3, (9, 9), 3, 2, "valid"),
     (4, 2, (7, 11), (3, 2), (1, 2), 1),
+    # stride 1 with an odd pad, VALID with a wide kernel, and a pad wider than the kernel
+    # (windows wholly in the padding)
+    (2, 3, (6, 7), (3, 5), 1, "valid"),
+    (3, 2, (5, 6), (2, 3), 1, "same"),
+    (2, 2, (4, 5), 3, 1, 3),
 ]
 
 
