@@ -45,13 +45,15 @@ class TrainingJob(submitit.helpers.Checkpointable):
             _export_local_rendezvous(job_env)
         _limit_threads()
         try:
-            return _train(self.config, self.label, str(job_env.job_id))
+            result = _train(self.config, self.label, str(job_env.job_id))
         except UserError as exc:
             # the exit codes of `bioscale train` (2 config, 3 divergence, 1 data...), so that
             # sacct and `bioscale sweep status` tell a diverged trial from a crash
             log.error("%s: %s: %s", self.label, type(exc).__name__, exc)
             logging.shutdown()
             sys.exit(exc.exit_code)
+        _ignore_late_requeue_signals()
+        return result
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # No weights here (see the module docstring): resubmit the same callable;
@@ -83,6 +85,15 @@ def _main_process_handles_preemption() -> None:
             handler(signum, frame)
 
     signal.signal(signal.SIGUSR2, in_owner_only)
+
+
+def _ignore_late_requeue_signals() -> None:
+    """The run is finished: a USR2 from now on (a time limit or a preemption landing while
+    submitit writes the result or Python shuts down) must neither requeue the job nor end
+    it. Python restores the default action of its handled signals at shutdown, so a USR2
+    in that window killed the finished job and SLURM recorded it FAILED (seen in
+    tests/cluster/test_requeue.py under load); an ignored signal stays ignored."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 def _export_local_rendezvous(job_env: Any) -> None:

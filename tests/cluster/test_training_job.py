@@ -1,14 +1,30 @@
 """The requeue contract of the job callable, without SLURM: `checkpoint()`
 resubmits the same callable and writes nothing (the trainer's periodic
-checkpoints are what a requeue resumes from), and forked DataLoader workers
-leave the USR2 handler to the process that installed it."""
+checkpoints are what a requeue resumes from), forked DataLoader workers
+leave the USR2 handler to the process that installed it, and a USR2 after the run
+finished ends nothing."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+
+import pytest
 
 from bioscale.cluster.training_job import TrainingJob, _main_process_handles_preemption
+
+# A process with submitit's kind of USR2 handler (requeue, then exit) that finishes its
+# work and then, while shutting down, receives USR2 (SLURM's time-limit warning).
+LATE_SIGNAL = """
+import atexit, os, signal, sys
+from bioscale.cluster.training_job import _ignore_late_requeue_signals
+signal.signal(signal.SIGUSR2, lambda signum, frame: os._exit(7))  # "requeued, exiting"
+if sys.argv[1] == "finished":
+    _ignore_late_requeue_signals()
+atexit.register(lambda: os.kill(os.getpid(), signal.SIGUSR2))
+"""
 
 
 def test_checkpoint_resubmits_the_same_job_and_saves_nothing(tmp_path):
@@ -36,3 +52,9 @@ def test_forked_workers_leave_preemption_to_the_main_process():
         assert calls == [os.getpid()]
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+@pytest.mark.parametrize("finished, code", [("finished", 0), ("running", 7)])
+def test_a_usr2_after_the_run_finished_neither_requeues_nor_fails_the_job(finished, code):
+    proc = subprocess.run([sys.executable, "-c", LATE_SIGNAL, finished], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == code, proc.stderr
