@@ -58,3 +58,26 @@ def test_forked_workers_leave_preemption_to_the_main_process():
 def test_a_usr2_after_the_run_finished_neither_requeues_nor_fails_the_job(finished, code):
     proc = subprocess.run([sys.executable, "-c", LATE_SIGNAL, finished], capture_output=True, text=True, timeout=60)
     assert proc.returncode == code, proc.stderr
+
+
+def test_the_job_ignores_usr2_once_its_run_returned(monkeypatch):
+    from bioscale.cluster import training_job
+
+    env = {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "1", "SUBMITIT_LOCAL_NTASKS": "1"}
+    env.update(SUBMITIT_LOCAL_JOB_NUM_NODES="1", SUBMITIT_LOCAL_NODEID="0", SUBMITIT_LOCAL_GLOBALID="0")
+    for key, value in {**env, "SUBMITIT_LOCAL_LOCALID": "0"}.items():
+        monkeypatch.setenv(key, value)
+    seen = []
+
+    def fake_train(config, label, job_id):  # the run itself; the signal is still handled here
+        seen.append(signal.getsignal(signal.SIGUSR2))
+        return {"status": "ok"}
+
+    monkeypatch.setattr(training_job, "_train", fake_train)
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: None)
+    try:
+        assert TrainingJob({"out": "unused", "name": "x"})() == {"status": "ok"}
+        assert seen and seen[0] is not signal.SIG_IGN
+        assert signal.getsignal(signal.SIGUSR2) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
