@@ -27,6 +27,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from bioscale.models import lc_native
 from bioscale.models.amp import autocast_backward, autocast_forward
 
 
@@ -188,9 +189,12 @@ def lc_matmul(weight: torch.Tensor, x: torch.Tensor, g: Geometry, bias_lo1: torc
     input row strip in place (`_strip`): Ho·kh GEMMs, no copies, 1.3-1.9× faster than the
     chunked columns on that net's layers 2-4 (BENCHMARKS.md). Otherwise the columns are
     built a few output rows at a time into one reused buffer that stays in cache: the same
-    GEMMs as `bmm(W, unfold_(x))`, bit-identical."""
+    GEMMs as `bmm(W, unfold_(x))`, bit-identical. On CPU in float32/64, the native kernel
+    (`lc_native`) instead, at any size."""
     n = x.shape[-1]
     num_pos, o, k = weight.shape
+    if lc_native.usable(weight, x):
+        return lc_native.forward(weight, x, g, None if bias_lo1 is None else bias_lo1.reshape(num_pos, o))
     rows = _chunk_rows(g, k, n, x.element_size())
     if not rows:
         cols = unfold_(x, g)
@@ -233,7 +237,10 @@ def lc_weight_grad(grad: torch.Tensor, x: torch.Tensor, g: Geometry) -> torch.Te
     kw·C) block of a (Ho, kh, Wo, O, kw·C) buffer, permuted into the weight's layout by
     one copy at the end (GEMMs writing straight into the strided weight-shaped view go
     through a temporary inside ATen: slower than the chunked columns). Chunked columns
-    otherwise, bit-identical to `bmm(grad, unfold_(x).transpose(1, 2))`."""
+    otherwise, bit-identical to `bmm(grad, unfold_(x).transpose(1, 2))`. The native kernel
+    when `lc_native` takes the operands."""
+    if lc_native.usable(grad, x):
+        return lc_native.weight_grad(grad, x, g)
     num_pos, o, n = grad.shape
     k = g.kernel_size[0] * g.kernel_size[1] * x.shape[2]
     rows = _chunk_rows(g, k, n, x.element_size())
@@ -269,7 +276,10 @@ def lc_adjoint(
     `baddbmm_` adds (W_tap)ᵀ · y of that row straight into the input-space rows it reads
     (Ho·k² small GEMMs instead of writing and re-reading the (k/s)²-times larger
     Wᵀ·y). The same products as `fold_(bmm(Wᵀ, y))`, taps summed in the same order;
-    the GEMM's accumulation into the output may round differently."""
+    the GEMM's accumulation into the output may round differently. The native kernel when
+    `lc_native` takes the operands (gathered per input pixel: each output written once)."""
+    if lc_native.usable(weight, y) and (out is None or out.is_contiguous()):
+        return lc_native.adjoint(weight, y, g, channels, out=out)
     num_pos, o, k = weight.shape
     n = y.shape[-1]
     if not _chunk_rows(g, k, n, y.element_size()):
@@ -339,7 +349,8 @@ class LCLinear(torch.autograd.Function):
         bias_lo1 = None if bias is None else _bias_lo1(bias, g.num_positions)
         # a trained feedback (Kolen–Pollack) gets the weight's gradient: it needs the columns too
         wants_gw = ctx.needs_input_grad[1] or ctx.needs_input_grad[3]
-        if wants_gw and not recompute and not _chunk_rows(g, weight.shape[2], x.shape[3], x.element_size()):
+        small = not _chunk_rows(g, weight.shape[2], x.shape[3], x.element_size())
+        if wants_gw and not recompute and small and not lc_native.usable(weight, x):
             cols = unfold_(x, g)  # small enough to keep: saved for the weight gradient
             out = torch.bmm(weight, cols) if bias_lo1 is None else torch.baddbmm(bias_lo1, weight, cols)
         else:
@@ -408,7 +419,11 @@ class LCTransposeLinear(torch.autograd.Function):
         grad = to_hwcn(grad.permute(3, 2, 0, 1))
         gy = gw = gb = None
         both = ctx.needs_input_grad[0] and ctx.needs_input_grad[1]
-        if both and not _chunk_rows(g, weight.shape[2], grad.shape[3], grad.element_size()):
+        if (
+            both
+            and not _chunk_rows(g, weight.shape[2], grad.shape[3], grad.element_size())
+            and not (lc_native.usable(weight, grad))
+        ):
             gcols = unfold_(grad, g)  # small: one unfold serves both GEMMs
             gy = torch.bmm(weight, gcols).view(*g.output_size, weight.shape[1], -1)
             gw = torch.bmm(y2, gcols.transpose(1, 2))

@@ -12,6 +12,7 @@ TORCH_SPEC="${BIOSCALE_TORCH:-torch==2.13.0}"
 need_apt=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need_apt+=(dataset-fashion-mnist)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv python3-pip)
+command -v c++ >/dev/null || command -v g++ >/dev/null || need_apt+=(g++)  # the LC layers' native kernels (models/lc_native.py)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "[bootstrap] apt-get install ${need_apt[*]}"

@@ -1,14 +1,15 @@
 """The large-layer LC kernels give the one-shot kernels' results: forced here on small
 layers by shrinking `lc_ops.CHUNK_BYTES`, float64, every gradient of the layer and of its
 transpose. Both large-layer forms: row strips read in place (float32/64 on CPU) and
-columns built a few rows at a time (bf16, GPUs), the adjoint tap by tap in both."""
+columns built a few rows at a time (bf16, GPUs), the adjoint tap by tap in both; and
+the native kernels (`lc_native`, CPU float32/64 at any size) against the same reference."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bioscale.models import LocallyConnected2d, lc_ops
+from bioscale.models import LocallyConnected2d, lc_native, lc_ops
 
 CASES = [
     # c, o, size, kernel, stride, padding
@@ -38,8 +39,8 @@ def _grads(layer, x, y, feedback=None):
 
 @pytest.mark.parametrize("c, o, size, kernel, stride, padding", CASES)
 @pytest.mark.parametrize("with_feedback", [False, True])
-@pytest.mark.parametrize("strips", [True, False], ids=["strips", "columns"])
-def test_chunked_kernels_match_one_shot(monkeypatch, c, o, size, kernel, stride, padding, with_feedback, strips):
+@pytest.mark.parametrize("path", ["strips", "columns", "native"])
+def test_chunked_kernels_match_one_shot(monkeypatch, c, o, size, kernel, stride, padding, with_feedback, path):
     torch.manual_seed(0)
     layer = LocallyConnected2d(c, o, size, kernel, stride, padding, dtype=torch.float64)
     with torch.no_grad():
@@ -50,12 +51,18 @@ def test_chunked_kernels_match_one_shot(monkeypatch, c, o, size, kernel, stride,
     g = layer.geometry
     k = layer.weight.shape[2]
     assert lc_ops._chunk_rows(g, k, 5, 8) == 0  # small: one-shot kernels by default
-    reference = _grads(layer, x, y, feedback)
+    with lc_native.disabled():
+        reference = _grads(layer, x, y, feedback)
     layer.zero_grad()
-    # one row per chunk; the transpose layer's geometry is the same object's twin
-    monkeypatch.setattr(lc_ops, "CHUNK_BYTES", 1)
-    monkeypatch.setattr(lc_ops, "_strip_path", lambda x: strips)
-    assert lc_ops._chunk_rows(g, k, 5, 8) == 1
-    chunked = _grads(layer, x, y, feedback)
+    if path == "native":
+        assert lc_native.usable(x), "the native LC kernels did not build here"
+        chunked = _grads(layer, x, y, feedback)
+    else:
+        # one row per chunk; the transpose layer's geometry is the same object's twin
+        monkeypatch.setattr(lc_ops, "CHUNK_BYTES", 1)
+        monkeypatch.setattr(lc_ops, "_strip_path", lambda x: path == "strips")
+        assert lc_ops._chunk_rows(g, k, 5, 8) == 1
+        with lc_native.disabled():
+            chunked = _grads(layer, x, y, feedback)
     for ref, got in zip(reference, chunked, strict=True):
         torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)  # strips: kh partial sums, rounding alone

@@ -1,0 +1,262 @@
+// Register-tiled CPU kernels for the locally-connected layers (models/lc_native.py loads them).
+//
+// Why our own: no BLAS or engine has a locally-connected GEMM. A position's product is a
+// (O x K)(K x N) GEMM with O = 16 in the ICLR nets, a shape MKL runs at ~40 GFLOP/s, and
+// the gather of its K inputs costs as much again when done with copies or strided views
+// (BENCHMARKS.md, "Training step cost on CPU"). Here each kernel keeps an output tile in
+// vector registers across all kh*kw taps and reads the input in place, padding skipped.
+//
+// Layouts (all contiguous, row-major): activations (H, W, C, N), batch innermost; layer
+// outputs (Ho, Wo, O, N) = (L, O, N); weights (L, O, K) with K ordered (kh, kw, C). The
+// weight gradient reads the input as (H, N, W, C) (`xt`), so that one kernel row's kw*C
+// inputs of one sample are contiguous, in the weight's own K order.
+//
+// Vectors are GCC/Clang vector extensions, 64 bytes (one AVX-512 register, two AVX2 ones
+// where there is no AVX-512); scalar tails cover sizes that are not a whole vector.
+// Sums run in the tensor's dtype (float32 or float64), taps in (kh, kw, C) order.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+namespace {
+
+typedef float vf __attribute__((vector_size(64)));
+typedef double vd __attribute__((vector_size(64)));
+template <typename T> struct Vec;
+template <> struct Vec<float> { typedef vf type; };
+template <> struct Vec<double> { typedef vd type; };
+
+template <typename V> inline V load(const void* p) { V v; std::memcpy(&v, p, sizeof(V)); return v; }
+template <typename V> inline void store(void* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
+
+struct Geom {
+  int64_t h, w, c, n, ho, wo, o, kh, kw, sh, sw, pt, pl;
+  int64_t k() const { return kh * kw * c; }
+};
+
+// Runs body(begin, end) over [0, count) split into `threads` contiguous ranges.
+template <typename F> void parallel(int64_t count, int threads, F body) {
+  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, count)));
+  if (threads == 1) { body(0, count); return; }
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    int64_t b = count * t / threads, e = count * (t + 1) / threads;
+    pool.emplace_back([=] { body(b, e); });
+  }
+  for (auto& th : pool) th.join();
+}
+
+// ---- forward: out[p, o, n] = bias[p, o] + sum_k w[p, o, k] x[pixel(p, k), c, n] ----
+// Tile: RO outputs x RV vectors of the batch; per input (tap, c) RV loads, RO broadcasts,
+// RO*RV FMAs. `V` = T with RV = 1 is the scalar tail over n.
+template <typename T, typename V, int RO, int RV>
+void fwd_tile(const T* x, const T* wp, const T* bias, T* outp, const Geom& g, int64_t i, int64_t j,
+              int64_t o0, int64_t n0) {
+  constexpr int64_t lanes = sizeof(V) / sizeof(T);
+  const int64_t K = g.k(), N = g.n, C = g.c;
+  V acc[RO][RV];
+  for (int r = 0; r < RO; ++r)
+    for (int v = 0; v < RV; ++v) acc[r][v] = (V){} + (bias ? bias[o0 + r] : T(0));
+  for (int64_t a = 0; a < g.kh; ++a) {
+    const int64_t row = i * g.sh + a - g.pt;
+    if (row < 0 || row >= g.h) continue;
+    for (int64_t b = 0; b < g.kw; ++b) {
+      const int64_t col = j * g.sw + b - g.pl;
+      if (col < 0 || col >= g.w) continue;
+      const T* xs = x + (row * g.w + col) * C * N + n0;
+      const T* ws = wp + o0 * K + (a * g.kw + b) * C;
+      for (int64_t c = 0; c < C; ++c) {
+        V xv[RV];
+        for (int v = 0; v < RV; ++v) xv[v] = load<V>(xs + c * N + v * lanes);
+        for (int r = 0; r < RO; ++r) {
+          const T s = ws[r * K + c];
+          for (int v = 0; v < RV; ++v) acc[r][v] += s * xv[v];
+        }
+      }
+    }
+  }
+  for (int r = 0; r < RO; ++r)
+    for (int v = 0; v < RV; ++v) store<V>(outp + (o0 + r) * N + n0 + v * lanes, acc[r][v]);
+}
+
+template <typename T, typename V, int RV>
+void fwd_otiles(const T* x, const T* wp, const T* bias, T* outp, const Geom& g, int64_t i, int64_t j, int64_t n0) {
+  int64_t o0 = 0;
+  for (; o0 + 4 <= g.o; o0 += 4) fwd_tile<T, V, 4, RV>(x, wp, bias, outp, g, i, j, o0, n0);
+  for (; o0 < g.o; ++o0) fwd_tile<T, V, 1, RV>(x, wp, bias, outp, g, i, j, o0, n0);
+}
+
+template <typename T>
+void forward(const T* x, const T* w, const T* bias, T* out, const Geom& g, int threads) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t lanes = sizeof(V) / sizeof(T);
+  parallel(g.ho * g.wo, threads, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t i = p / g.wo, j = p % g.wo;
+      const T* wp = w + p * g.o * g.k();
+      const T* bp = bias ? bias + p * g.o : nullptr;
+      T* op = out + p * g.o * g.n;
+      int64_t n0 = 0;
+      for (; n0 + 4 * lanes <= g.n; n0 += 4 * lanes) fwd_otiles<T, V, 4>(x, wp, bp, op, g, i, j, n0);
+      for (; n0 + lanes <= g.n; n0 += lanes) fwd_otiles<T, V, 1>(x, wp, bp, op, g, i, j, n0);
+      for (; n0 < g.n; ++n0) fwd_otiles<T, T, 1>(x, wp, bp, op, g, i, j, n0);
+    }
+  });
+}
+
+// ---- adjoint: out[pixel, c, n] (+)= sum over (p, tap) reading it, sum_o w[p, o, tap, c] y[p, o, n] ----
+// Gathered per input pixel, so every output number is written once (no read-modify-write
+// per tap). Tile: RC channels x RV vectors; per (tap, o) RV loads, RC broadcasts.
+template <typename T, typename V, int RC, int RV>
+void adj_tile(const T* w, const T* y, T* outp, const Geom& g, int64_t row, int64_t col, int64_t c0, int64_t n0,
+              bool accumulate) {
+  constexpr int64_t lanes = sizeof(V) / sizeof(T);
+  const int64_t K = g.k(), N = g.n, C = g.c, O = g.o;
+  V acc[RC][RV];
+  for (int r = 0; r < RC; ++r)
+    for (int v = 0; v < RV; ++v)
+      acc[r][v] = accumulate ? load<V>(outp + (c0 + r) * N + n0 + v * lanes) : (V){};
+  for (int64_t a = 0; a < g.kh; ++a) {
+    const int64_t ti = row + g.pt - a;  // = i * sh
+    if (ti < 0 || ti % g.sh) continue;
+    const int64_t i = ti / g.sh;
+    if (i >= g.ho) continue;
+    for (int64_t b = 0; b < g.kw; ++b) {
+      const int64_t tj = col + g.pl - b;
+      if (tj < 0 || tj % g.sw) continue;
+      const int64_t j = tj / g.sw;
+      if (j >= g.wo) continue;
+      const int64_t p = i * g.wo + j;
+      const T* ws = w + p * O * K + (a * g.kw + b) * C + c0;
+      const T* ys = y + p * O * N + n0;
+      for (int64_t o = 0; o < O; ++o) {
+        V yv[RV];
+        for (int v = 0; v < RV; ++v) yv[v] = load<V>(ys + o * N + v * lanes);
+        for (int r = 0; r < RC; ++r) {
+          const T s = ws[o * K + r];
+          for (int v = 0; v < RV; ++v) acc[r][v] += s * yv[v];
+        }
+      }
+    }
+  }
+  for (int r = 0; r < RC; ++r)
+    for (int v = 0; v < RV; ++v) store<V>(outp + (c0 + r) * N + n0 + v * lanes, acc[r][v]);
+}
+
+template <typename T, typename V, int RV>
+void adj_ctiles(const T* w, const T* y, T* outp, const Geom& g, int64_t row, int64_t col, int64_t n0, bool acc) {
+  int64_t c0 = 0;
+  for (; c0 + 4 <= g.c; c0 += 4) adj_tile<T, V, 4, RV>(w, y, outp, g, row, col, c0, n0, acc);
+  for (; c0 < g.c; ++c0) adj_tile<T, V, 1, RV>(w, y, outp, g, row, col, c0, n0, acc);
+}
+
+template <typename T>
+void adjoint(const T* w, const T* y, T* out, const Geom& g, bool accumulate, int threads) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t lanes = sizeof(V) / sizeof(T);
+  parallel(g.h * g.w, threads, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t row = q / g.w, col = q % g.w;
+      T* op = out + q * g.c * g.n;
+      int64_t n0 = 0;
+      for (; n0 + 4 * lanes <= g.n; n0 += 4 * lanes) adj_ctiles<T, V, 4>(w, y, op, g, row, col, n0, accumulate);
+      for (; n0 + lanes <= g.n; n0 += lanes) adj_ctiles<T, V, 1>(w, y, op, g, row, col, n0, accumulate);
+      for (; n0 < g.n; ++n0) adj_ctiles<T, T, 1>(w, y, op, g, row, col, n0, accumulate);
+    }
+  });
+}
+
+// ---- weight gradient: gw[p, o, k] = sum_n grad[p, o, n] x[pixel(p, k), c, n] ----
+// Per position and kernel row, the valid taps' kw'*C inputs of sample n are one contiguous
+// run of xt (H, N, W, C), in K order. Tile: RO outputs x RV vectors of that run, the sum
+// over n kept in registers; per n RV loads and RO broadcasts. Taps reading padding get 0.
+template <typename T, typename V, int RO, int RV>
+void wg_tile(const T* grad, const T* xt, T* gwp, const Geom& g, int64_t p, int64_t row, int64_t col0,
+             int64_t o0, int64_t k0, int64_t e0) {
+  // k0: offset of this tile inside the position's K; e0: offset inside the xt run.
+  constexpr int64_t lanes = sizeof(V) / sizeof(T);
+  const int64_t N = g.n, WC = g.w * g.c, K = g.k();
+  V acc[RO][RV];
+  for (int r = 0; r < RO; ++r)
+    for (int v = 0; v < RV; ++v) acc[r][v] = (V){};
+  const T* gs = grad + (p * g.o + o0) * N;
+  const T* xs = xt + row * N * WC + col0 * g.c + e0;
+  for (int64_t n = 0; n < N; ++n) {
+    V xv[RV];
+    for (int v = 0; v < RV; ++v) xv[v] = load<V>(xs + n * WC + v * lanes);
+    for (int r = 0; r < RO; ++r) {
+      const T s = gs[r * N + n];
+      for (int v = 0; v < RV; ++v) acc[r][v] += s * xv[v];
+    }
+  }
+  for (int r = 0; r < RO; ++r)
+    for (int v = 0; v < RV; ++v) store<V>(gwp + (o0 + r) * K + k0 + v * lanes, acc[r][v]);
+}
+
+template <typename T, typename V, int RO>
+void wg_run(const T* grad, const T* xt, T* gwp, const Geom& g, int64_t p, int64_t row, int64_t col0,
+            int64_t o0, int64_t k0, int64_t len) {
+  constexpr int64_t lanes = sizeof(V) / sizeof(T);
+  int64_t e = 0;
+  for (; e + 4 * lanes <= len; e += 4 * lanes) wg_tile<T, V, RO, 4>(grad, xt, gwp, g, p, row, col0, o0, k0 + e, e);
+  for (; e + lanes <= len; e += lanes) wg_tile<T, V, RO, 1>(grad, xt, gwp, g, p, row, col0, o0, k0 + e, e);
+  for (; e < len; ++e) wg_tile<T, T, RO, 1>(grad, xt, gwp, g, p, row, col0, o0, k0 + e, e);
+}
+
+template <typename T>
+void weight_grad(const T* grad, const T* xt, T* gw, const Geom& g, int threads) {
+  typedef typename Vec<T>::type V;
+  const int64_t K = g.k(), C = g.c;
+  parallel(g.ho * g.wo, threads, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t i = p / g.wo, j = p % g.wo;
+      T* gwp = gw + p * g.o * K;
+      for (int64_t a = 0; a < g.kh; ++a) {
+        const int64_t row = i * g.sh + a - g.pt;
+        // valid taps b in [b0, b1): the kernel row's columns that fall inside the input
+        const int64_t c_first = j * g.sw - g.pl;
+        const int64_t b0 = std::max<int64_t>(0, -c_first), b1 = std::min<int64_t>(g.kw, g.w - c_first);
+        const bool inside = row >= 0 && row < g.h && b0 < b1;
+        for (int64_t o = 0; o < g.o; ++o) {  // zero the taps that read padding
+          T* z = gwp + o * K + a * g.kw * C;
+          if (!inside) { std::fill(z, z + g.kw * C, T(0)); continue; }
+          std::fill(z, z + b0 * C, T(0));
+          std::fill(z + b1 * C, z + g.kw * C, T(0));
+        }
+        if (!inside) continue;
+        const int64_t k0 = (a * g.kw + b0) * C, len = (b1 - b0) * C, col0 = c_first + b0;
+        int64_t o0 = 0;
+        for (; o0 + 4 <= g.o; o0 += 4) wg_run<T, V, 4>(grad, xt, gwp, g, p, row, col0, o0, k0, len);
+        for (; o0 < g.o; ++o0) wg_run<T, V, 1>(grad, xt, gwp, g, p, row, col0, o0, k0, len);
+      }
+    }
+  });
+}
+
+Geom geom(const int64_t* d) { return Geom{d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11], d[12]}; }
+
+}  // namespace
+
+// C ABI for ctypes. dims: h, w, c, n, ho, wo, o, kh, kw, sh, sw, pt, pl.
+extern "C" {
+void lc_forward_f32(const float* x, const float* w, const float* bias, float* out, const int64_t* d, int t) {
+  forward<float>(x, w, bias, out, geom(d), t);
+}
+void lc_forward_f64(const double* x, const double* w, const double* bias, double* out, const int64_t* d, int t) {
+  forward<double>(x, w, bias, out, geom(d), t);
+}
+void lc_adjoint_f32(const float* w, const float* y, float* out, const int64_t* d, int acc, int t) {
+  adjoint<float>(w, y, out, geom(d), acc != 0, t);
+}
+void lc_adjoint_f64(const double* w, const double* y, double* out, const int64_t* d, int acc, int t) {
+  adjoint<double>(w, y, out, geom(d), acc != 0, t);
+}
+void lc_weight_grad_f32(const float* grad, const float* xt, float* gw, const int64_t* d, int t) {
+  weight_grad<float>(grad, xt, gw, geom(d), t);
+}
+void lc_weight_grad_f64(const double* grad, const double* xt, double* gw, const int64_t* d, int t) {
+  weight_grad<double>(grad, xt, gw, geom(d), t);
+}
+}
