@@ -65,9 +65,7 @@ def test_threads_split_the_work_without_changing_a_bit():
         results = []
         for threads in (1, 3):
             torch.set_num_threads(threads)
-            results.append(
-                [lc_native.forward(w, x, g), lc_native.adjoint(w, y, g, 32), lc_native.weight_grad(y, x, g)]
-            )
+            results.append([lc_native.forward(w, x, g), lc_native.adjoint(w, y, g, 32), lc_native.weight_grad(y, x, g)])
     finally:
         torch.set_num_threads(before)
     for one, three in zip(*results, strict=True):
