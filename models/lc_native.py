@@ -103,6 +103,13 @@ def usable(*tensors: torch.Tensor) -> bool:
     return library() is not None
 
 
+def takes_weight_grad(grad: torch.Tensor, x: torch.Tensor, g) -> bool:
+    """Whether `weight_grad` pays for this layer: its vectors run along one kernel row's kw·C
+    inputs, so a layer with few input channels (kw·C under two 64-byte vectors, e.g. 3 for a
+    grey first layer) is 2-3× slower than the PyTorch kernels there (BENCHMARKS.md, round 6)."""
+    return usable(grad, x) and g.kernel_size[1] * x.shape[2] * x.element_size() >= 128
+
+
 @contextmanager
 def disabled() -> Iterator[None]:
     """Run the block on the PyTorch kernels."""

@@ -238,8 +238,8 @@ def lc_weight_grad(grad: torch.Tensor, x: torch.Tensor, g: Geometry) -> torch.Te
     one copy at the end (GEMMs writing straight into the strided weight-shaped view go
     through a temporary inside ATen: slower than the chunked columns). Chunked columns
     otherwise, bit-identical to `bmm(grad, unfold_(x).transpose(1, 2))`. The native kernel
-    when `lc_native` takes the operands."""
-    if lc_native.usable(grad, x):
+    when `lc_native` takes the operands and the layer (`takes_weight_grad`)."""
+    if lc_native.takes_weight_grad(grad, x, g):
         return lc_native.weight_grad(grad, x, g)
     num_pos, o, n = grad.shape
     k = g.kernel_size[0] * g.kernel_size[1] * x.shape[2]
