@@ -106,18 +106,20 @@ void forward(const T* x, const T* w, const T* bias, T* out, const Geom& g, int t
   });
 }
 
-// ---- adjoint: out[pixel, c, n] (+)= sum over (p, tap) reading it, sum_o w[p, o, tap, c] y[p, o, n] ----
+// ---- adjoint: out[pixel, c, n] (+)= bias[pixel, c] + sum over (p, tap) reading it, sum_o w[p, o, tap, c] y[p, o, n] ----
 // Gathered per input pixel, so every output number is written once (no read-modify-write
 // per tap). Tile: RC channels x RV vectors; per (tap, o) RV loads, RC broadcasts.
 template <typename T, typename V, int RC, int RV>
-void adj_tile(const T* w, const T* y, T* outp, const Geom& g, int64_t row, int64_t col, int64_t c0, int64_t n0,
-              bool accumulate) {
+void adj_tile(const T* w, const T* y, const T* biasp, T* outp, const Geom& g, int64_t row, int64_t col, int64_t c0,
+              int64_t n0, bool accumulate) {
   constexpr int64_t lanes = sizeof(V) / sizeof(T);
   const int64_t K = g.k(), N = g.n, C = g.c, O = g.o;
   V acc[RC][RV];
   for (int r = 0; r < RC; ++r)
-    for (int v = 0; v < RV; ++v)
+    for (int v = 0; v < RV; ++v) {
       acc[r][v] = accumulate ? load<V>(outp + (c0 + r) * N + n0 + v * lanes) : (V){};
+      if (biasp) acc[r][v] += biasp[c0 + r];
+    }
   for (int64_t a = 0; a < g.kh; ++a) {
     const int64_t ti = row + g.pt - a;  // = i * sh
     if (ti < 0 || ti % g.sh) continue;
@@ -146,24 +148,26 @@ void adj_tile(const T* w, const T* y, T* outp, const Geom& g, int64_t row, int64
 }
 
 template <typename T, typename V, int RV>
-void adj_ctiles(const T* w, const T* y, T* outp, const Geom& g, int64_t row, int64_t col, int64_t n0, bool acc) {
+void adj_ctiles(const T* w, const T* y, const T* bp, T* outp, const Geom& g, int64_t row, int64_t col, int64_t n0,
+                bool acc) {
   int64_t c0 = 0;
-  for (; c0 + 4 <= g.c; c0 += 4) adj_tile<T, V, 4, RV>(w, y, outp, g, row, col, c0, n0, acc);
-  for (; c0 < g.c; ++c0) adj_tile<T, V, 1, RV>(w, y, outp, g, row, col, c0, n0, acc);
+  for (; c0 + 4 <= g.c; c0 += 4) adj_tile<T, V, 4, RV>(w, y, bp, outp, g, row, col, c0, n0, acc);
+  for (; c0 < g.c; ++c0) adj_tile<T, V, 1, RV>(w, y, bp, outp, g, row, col, c0, n0, acc);
 }
 
 template <typename T>
-void adjoint(const T* w, const T* y, T* out, const Geom& g, bool accumulate, int threads) {
+void adjoint(const T* w, const T* y, const T* bias, T* out, const Geom& g, bool accumulate, int threads) {
   typedef typename Vec<T>::type V;
   constexpr int64_t lanes = sizeof(V) / sizeof(T);
   parallel(g.h * g.w, threads, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t row = q / g.w, col = q % g.w;
       T* op = out + q * g.c * g.n;
+      const T* bp = bias ? bias + q * g.c : nullptr;
       int64_t n0 = 0;
-      for (; n0 + 4 * lanes <= g.n; n0 += 4 * lanes) adj_ctiles<T, V, 4>(w, y, op, g, row, col, n0, accumulate);
-      for (; n0 + lanes <= g.n; n0 += lanes) adj_ctiles<T, V, 1>(w, y, op, g, row, col, n0, accumulate);
-      for (; n0 < g.n; ++n0) adj_ctiles<T, T, 1>(w, y, op, g, row, col, n0, accumulate);
+      for (; n0 + 4 * lanes <= g.n; n0 += 4 * lanes) adj_ctiles<T, V, 4>(w, y, bp, op, g, row, col, n0, accumulate);
+      for (; n0 + lanes <= g.n; n0 += lanes) adj_ctiles<T, V, 1>(w, y, bp, op, g, row, col, n0, accumulate);
+      for (; n0 < g.n; ++n0) adj_ctiles<T, T, 1>(w, y, bp, op, g, row, col, n0, accumulate);
     }
   });
 }
@@ -247,11 +251,13 @@ void lc_forward_f32(const float* x, const float* w, const float* bias, float* ou
 void lc_forward_f64(const double* x, const double* w, const double* bias, double* out, const int64_t* d, int t) {
   forward<double>(x, w, bias, out, geom(d), t);
 }
-void lc_adjoint_f32(const float* w, const float* y, float* out, const int64_t* d, int acc, int t) {
-  adjoint<float>(w, y, out, geom(d), acc != 0, t);
+void lc_adjoint_f32(const float* w, const float* y, const float* bias, float* out, const int64_t* d, int acc,
+                    int t) {
+  adjoint<float>(w, y, bias, out, geom(d), acc != 0, t);
 }
-void lc_adjoint_f64(const double* w, const double* y, double* out, const int64_t* d, int acc, int t) {
-  adjoint<double>(w, y, out, geom(d), acc != 0, t);
+void lc_adjoint_f64(const double* w, const double* y, const double* bias, double* out, const int64_t* d, int acc,
+                    int t) {
+  adjoint<double>(w, y, bias, out, geom(d), acc != 0, t);
 }
 void lc_weight_grad_f32(const float* grad, const float* xt, float* gw, const int64_t* d, int t) {
   weight_grad<float>(grad, xt, gw, geom(d), t);

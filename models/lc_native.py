@@ -142,16 +142,33 @@ def forward(weight: torch.Tensor, x: torch.Tensor, g, bias_lo: torch.Tensor | No
     return out
 
 
-def adjoint(weight: torch.Tensor, y: torch.Tensor, g, channels: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """fold(Wᵀ · y): (L, O, K), (L, O, N) -> (H, W, C, N), added to `out` when given (contiguous)."""
+def adjoint(
+    weight: torch.Tensor,
+    y: torch.Tensor,
+    g,
+    channels: int,
+    out: torch.Tensor | None = None,
+    bias_hwc: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """fold(Wᵀ · y) (+ bias as (H, W, C)): (L, O, K), (L, O, N) -> (H, W, C, N), added to
+    `out` when given (contiguous)."""
     o, n = weight.shape[1], y.shape[-1]
     weight, y = weight.contiguous(), y.contiguous()
+    bias_hwc = None if bias_hwc is None else bias_hwc.contiguous()
     accumulate = out is not None
     if out is None:
         out = y.new_empty((*g.input_size, channels, n))
     assert out.is_contiguous(), "the adjoint accumulates into a contiguous (H, W, C, N) tensor"
     fn = getattr(library(), f"lc_adjoint_{_DTYPES[y.dtype]}")
-    fn(_ptr(weight), _ptr(y), _ptr(out), _dims(g, channels, n, o), int(accumulate), torch.get_num_threads())
+    fn(
+        _ptr(weight),
+        _ptr(y),
+        _ptr(bias_hwc),
+        _ptr(out),
+        _dims(g, channels, n, o),
+        int(accumulate),
+        torch.get_num_threads(),
+    )
     return out
 
 

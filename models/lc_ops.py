@@ -401,11 +401,15 @@ class LCTransposeLinear(torch.autograd.Function):
         num_pos, o, _ = weight.shape
         n = y.shape[-1]
         y2 = y.view(num_pos, o, n)
-        acc = None
-        if bias is not None:
-            h, w = g.input_size
-            acc = bias.permute(1, 2, 0).unsqueeze(-1).expand(h, w, channels, n).contiguous()
-        out = lc_adjoint(weight, y2, g, channels, out=acc)
+        if lc_native.usable(weight, y2):  # the kernel starts each output tile from the bias
+            bias_hwc = None if bias is None else bias.permute(1, 2, 0)
+            out = lc_native.adjoint(weight, y2, g, channels, bias_hwc=bias_hwc)
+        else:
+            acc = None
+            if bias is not None:
+                h, w = g.input_size
+                acc = bias.permute(1, 2, 0).unsqueeze(-1).expand(h, w, channels, n).contiguous()
+            out = lc_adjoint(weight, y2, g, channels, out=acc)
         ctx.g, ctx.has_bias = g, bias is not None
         ctx.save_for_backward(y2 if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
         return out

@@ -37,17 +37,20 @@ def test_native_kernels_match_the_pytorch_kernels_in_float32(c, o, size, kernel,
     y = torch.randn(g.num_positions, o, n)
     bias = torch.randn(g.num_positions, o, 1)
     acc = torch.randn(*size, c, n)
+    bias_hwc = torch.randn(*size, c)
     with lc_native.disabled():
         ref = [
             lc_ops.lc_matmul(w, x, g, bias),
             lc_ops.lc_adjoint(w, y, g, c),
             lc_ops.lc_adjoint(w, y, g, c, out=acc.clone()),
+            lc_ops.lc_adjoint(w, y, g, c, out=bias_hwc[..., None].expand(*size, c, n).contiguous()),
             lc_ops.lc_weight_grad(y, x, g),
         ]
     got = [
         lc_native.forward(w, x, g, bias.view(-1, o)),
         lc_native.adjoint(w, y, g, c),
         lc_native.adjoint(w, y, g, c, out=acc.clone()),
+        lc_native.adjoint(w, y, g, c, bias_hwc=bias_hwc),
         lc_native.weight_grad(y, x, g),
     ]
     for r, t in zip(ref, got, strict=True):
