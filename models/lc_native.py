@@ -40,7 +40,7 @@ SOURCE = Path(__file__).with_name("lc_native.cpp")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
-_state: dict[str, object] = {"lib": None, "tried": False, "enabled": True}
+_state: dict[str, object] = {"lib": None, "tried": False, "enabled": True, "path": None, "error": None}
 
 
 def _cpu_key() -> str:
@@ -84,13 +84,22 @@ def library() -> ctypes.CDLL | None:
         try:
             path = _build(Path.home() / ".cache" / "bioscale" / "lc_native")
             lib = ctypes.CDLL(str(path))
+            _state["path"] = str(path)
             for name in ("lc_forward", "lc_adjoint", "lc_weight_grad"):
                 for suffix in _DTYPES.values():
                     getattr(lib, f"{name}_{suffix}").restype = None
             _state["lib"] = lib
         except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+            _state["error"] = str(err)
             log.warning("LC layers use the PyTorch kernels: the native ones did not build (%s)", err)
     return _state["lib"]  # type: ignore[return-value]
+
+
+def describe() -> tuple[bool, str]:
+    """(built, where it was loaded from or why it did not build), building it if not tried yet."""
+    if library() is None:
+        return False, f"not built: {_state['error']}"
+    return True, str(_state["path"])
 
 
 def usable(*tensors: torch.Tensor) -> bool:

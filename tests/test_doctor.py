@@ -45,6 +45,8 @@ def test_doctor_cpu_checks_every_rule():
     for rule in RULES:
         assert any(line.startswith("ok") and f"step {rule} " in line for line in lines), rule
     assert report["versions"]["torch"] and report["environment"]["launcher"] == "single"
+    assert report["lc_kernels"] == "native"  # g++ is installed here: the LC layers' native kernels built
+    assert any(line.startswith("ok") and "lc kernels" in line and ".so" in line for line in lines)
     assert "all checks passed" in proc.stdout
 
 

@@ -25,6 +25,7 @@ from bioscale.training.doctor_stack import (
     check_dali,
     check_environment,
     check_gpus,
+    check_lc_kernels,
     check_versions,
 )
 
@@ -166,6 +167,7 @@ def run_checks(
     overrides = list(overrides) + ([f"distributed.device={device}"] if device else [])
     cfg = load_config(config, overrides)  # ConfigError: one line, exit 2
     check_versions(report)
+    check_lc_kernels(report)
     check_gpus(report)
     env = check_environment(report)
     flush()

@@ -170,6 +170,15 @@ def check_versions(report: Report) -> None:
     report.add("webdataset", "ok" if versions["webdataset"] else "warn", versions["webdataset"] or "not installed")
 
 
+def check_lc_kernels(report: Report) -> None:
+    """Whether the LC layers' native CPU kernels built here (else the slower PyTorch ones run)."""
+    from bioscale.models import lc_native
+
+    built, detail = lc_native.describe()
+    report.facts["lc_kernels"] = "native" if built else "torch"
+    report.add("lc kernels", "ok" if built else "warn", f"native, {detail}" if built else f"PyTorch ({detail})")
+
+
 def check_gpus(report: Report) -> list[dict[str, Any]]:
     gpus = []
     if torch.cuda.is_available():
