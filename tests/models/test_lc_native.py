@@ -75,6 +75,58 @@ def test_threads_split_the_work_without_changing_a_bit():
         assert torch.equal(one, three)
 
 
+def test_two_python_threads_in_the_kernels_at_once_get_their_own_results():
+    """The worker pool serves one call at a time; a second caller runs its call serially."""
+    import threading
+
+    torch.manual_seed(0)
+    layer = LocallyConnected2d(16, 16, (14, 14), 3, 1, "same")
+    g, w = layer.geometry, layer.weight.detach()
+    xs = [torch.randn(14, 14, 16, 32) for _ in range(4)]
+    expected = [lc_native.forward(w, x, g) for x in xs]
+    got: dict[int, list[torch.Tensor]] = {}
+
+    def work(k):
+        got[k] = [lc_native.forward(w, xs[(k + r) % 4], g) for r in range(40)]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        torch.set_num_threads(before)
+    for k, outs in got.items():
+        for r, out in enumerate(outs):
+            assert torch.equal(out, expected[(k + r) % 4])
+
+
+def test_a_forked_child_gets_its_own_worker_pool():
+    """After fork() the parent's pool threads do not exist in the child: it must not wait for them."""
+    script = textwrap.dedent(
+        """
+        import os, torch
+        from bioscale.models import LocallyConnected2d, lc_native
+        torch.set_num_threads(2)
+        layer = LocallyConnected2d(16, 16, (14, 14), 3, 1, "same")
+        x = torch.randn(14, 14, 16, 32)
+        ref = lc_native.forward(layer.weight.detach(), x, layer.geometry)  # starts the parent's pool
+        pid = os.fork()
+        if pid == 0:
+            out = lc_native.forward(layer.weight.detach(), x, layer.geometry)
+            os._exit(0 if torch.equal(out, ref) else 3)
+        _, status = os.waitpid(pid, 0)
+        print("child exit", os.waitstatus_to_exitcode(status))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["child", "exit", "0"]
+
+
 _PROBE = textwrap.dedent(
     """
     import logging, torch
