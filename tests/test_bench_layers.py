@@ -18,3 +18,7 @@ def test_bench_layers_quick_reports_ratios():
     assert result["transpose_dummy_vs_explicit_ratio"] > 0
     for name in layers.IMAGENET_LC:
         assert result[f"imagenet_{name}_lc_gflops"] > 0
+    assert result["lc_kernels_native"]  # g++ here: the native LC kernels built, timed against PyTorch's
+    for name in ("m1", "m2", "m3", "m4"):
+        for op in ("forward", "weight_grad", "adjoint"):
+            assert result[f"lc_kernels_{name}_{op}_speedup"] > 0

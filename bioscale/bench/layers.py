@@ -242,12 +242,68 @@ def measure_dtp_vs_bp_step(ctx: Context) -> dict:
     }
 
 
+# The layers of iclr_mnist_lc and ImageNet's first: (C, H, W), out_channels, kernel, stride, padding.
+LC_KERNEL_LAYERS = {
+    "m1": ((1, 28, 28), 32, 3, 2, "same"),
+    "m2": ((32, 14, 14), 16, 3, 1, "same"),
+    "m3": ((16, 14, 14), 16, 3, 1, "same"),
+    "m4": ((16, 14, 14), 10, 3, 1, "valid"),
+    "i1": ((3, 224, 224), 48, 9, 4, "same"),
+}
+
+
+def _lc_kernel_ops(weight, x, y, g, c) -> dict[str, Callable[[], object]]:
+    from bioscale.models import lc_ops
+
+    return {
+        "forward": lambda: lc_ops.lc_matmul(weight, x, g),
+        "weight_grad": lambda: lc_ops.lc_weight_grad(y, x, g),
+        "adjoint": lambda: lc_ops.lc_adjoint(weight, y, g, c),
+    }
+
+
+def measure_lc_kernels(ctx: Context) -> dict:
+    """The LC kernels one by one, native (`lc_native`) against PyTorch (`lc_ops` with
+    `lc_native.disabled()`), alternating; the weight gradient as `lc_ops` dispatches it (few
+    input channels stay on PyTorch). Batch `--batch` (`--imagenet-batch` for i1)."""
+    from bioscale.models import lc_native
+
+    if not lc_native.usable(torch.zeros(1)):
+        ctx.log("lc kernels: native kernels not built here, skipped")
+        return {"lc_kernels_native": False}
+    out: dict = {"lc_kernels_native": True}
+    for name, ((c, h, w), o, k, s, pad) in LC_KERNEL_LAYERS.items():
+        if ctx.quick and name == "i1":
+            continue
+        layer = LocallyConnected2d(c, o, (h, w), k, s, pad)
+        g, weight = layer.geometry, layer.weight.detach()
+        n = ctx.imagenet_batch if name.startswith("i") else ctx.batch
+        x, y = torch.randn(h, w, c, n), torch.randn(g.num_positions, o, n)
+        ops = _lc_kernel_ops(weight, x, y, g, c)
+        for op, fn in ops.items():
+
+            def on_torch(fn=fn):
+                with lc_native.disabled():
+                    fn()
+
+            ms = ctx.compare({"native": fn, "torch": on_torch})
+            key = f"lc_kernels_{name}_{op}"
+            out[f"{key}_ms"], out[f"{key}_torch_ms"] = round(ms["native"], 3), round(ms["torch"], 3)
+            out[f"{key}_speedup"] = round(ms["torch"] / ms["native"], 3)
+            ctx.log(
+                f"lc kernels {name} {op:11s} native {ms['native']:7.2f} ms  PyTorch {ms['torch']:7.2f} ms  "
+                f"{ms['torch'] / ms['native']:.2f}×"
+            )
+    return out
+
+
 MEASUREMENTS: list[Callable[[Context], dict]] = [
     measure_sgemm_peak,
     measure_cifar,
     measure_imagenet_layers,
     measure_transpose,
     measure_dtp_vs_bp_step,
+    measure_lc_kernels,
 ]
 
 
