@@ -16,7 +16,7 @@ PyTorch kernels and this says why once in the log.
 
 Used for contiguous float32/float64 CPU tensors (`usable`); bf16 and CUDA stay on PyTorch.
 `disabled()` switches it off (tests of the PyTorch kernels, `bioscale bench train
---lc-kernel torch`).
+--compare-lc-kernels`, `bioscale bench layers`).
 """
 
 from __future__ import annotations

@@ -268,7 +268,12 @@ def lc_weight_grad(grad: torch.Tensor, x: torch.Tensor, g: Geometry) -> torch.Te
 
 
 def lc_adjoint(
-    weight: torch.Tensor, y: torch.Tensor, g: Geometry, channels: int, out: torch.Tensor | None = None
+    weight: torch.Tensor,
+    y: torch.Tensor,
+    g: Geometry,
+    channels: int,
+    out: torch.Tensor | None = None,
+    bias_hwc: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """fold(Wᵀ · y): (L, O, K), (L, O, N) -> (H, W, C, N), accumulated into `out` when given.
 
@@ -277,11 +282,15 @@ def lc_adjoint(
     (Ho·k² small GEMMs instead of writing and re-reading the (k/s)²-times larger
     Wᵀ·y). The same products as `fold_(bmm(Wᵀ, y))`, taps summed in the same order;
     the GEMM's accumulation into the output may round differently. The native kernel when
-    `lc_native` takes the operands (gathered per input pixel: each output written once)."""
+    `lc_native` takes the operands (gathered per input pixel: each output written once; the
+    bias, as (H, W, C), starts its accumulators)."""
     if lc_native.usable(weight, y) and (out is None or out.is_contiguous()):
-        return lc_native.adjoint(weight, y, g, channels, out=out)
+        return lc_native.adjoint(weight, y, g, channels, out=out, bias_hwc=bias_hwc)
     num_pos, o, k = weight.shape
     n = y.shape[-1]
+    if bias_hwc is not None:  # preloads the accumulator (saves a pass over the output)
+        bias_hwcn = bias_hwc.unsqueeze(-1).expand(*g.input_size, channels, n)
+        out = bias_hwcn.contiguous() if out is None else out.add_(bias_hwcn)
     if not _chunk_rows(g, k, n, y.element_size()):
         return fold_(torch.bmm(weight.transpose(1, 2), y), g, channels, out=out)
     if out is None:
@@ -401,15 +410,7 @@ class LCTransposeLinear(torch.autograd.Function):
         num_pos, o, _ = weight.shape
         n = y.shape[-1]
         y2 = y.view(num_pos, o, n)
-        if lc_native.usable(weight, y2):  # the kernel starts each output tile from the bias
-            bias_hwc = None if bias is None else bias.permute(1, 2, 0)
-            out = lc_native.adjoint(weight, y2, g, channels, bias_hwc=bias_hwc)
-        else:
-            acc = None
-            if bias is not None:
-                h, w = g.input_size
-                acc = bias.permute(1, 2, 0).unsqueeze(-1).expand(h, w, channels, n).contiguous()
-            out = lc_adjoint(weight, y2, g, channels, out=acc)
+        out = lc_adjoint(weight, y2, g, channels, bias_hwc=None if bias is None else bias.permute(1, 2, 0))
         ctx.g, ctx.has_bias = g, bias is not None
         ctx.save_for_backward(y2 if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
         return out
