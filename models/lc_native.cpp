@@ -11,9 +11,16 @@
 // weight gradient reads the input as (H, N, W, C) (`xt`), so that one kernel row's kw*C
 // inputs of one sample are contiguous, in the weight's own K order.
 //
-// Vectors are GCC/Clang vector extensions, 64 bytes (one AVX-512 register, two AVX2 ones
-// where there is no AVX-512); scalar tails cover sizes that are not a whole vector.
-// Sums run in the tensor's dtype (float32 or float64), taps in (kh, kw, C) order.
+// Vectors are GCC/Clang vector extensions as wide as the target's registers (64 bytes with
+// AVX-512, 32 with AVX/AVX2, 16 otherwise), and a tile holds TILE_VECTORS of them per row:
+// 4 rows x TILE_VECTORS accumulators must fit the register file (32 registers with AVX-512,
+// 16 with AVX2). A 64-byte vector on an AVX2 machine is two registers, so the AVX-512 tile
+// there needs 32 accumulators and spills: measured 5-9x slower than PyTorch's kernels on an
+// AVX2-only EPYC (BENCHMARKS.md, "LC kernels on AVX2"). Lanes run over the batch (forward,
+// adjoint) or along K (weight gradient), never along a sum, so every output number is the
+// same sum in the same order whatever the width: results do not depend on the CPU kind.
+// Scalar tails cover sizes that are not a whole vector. Sums run in the tensor's dtype
+// (float32 or float64), taps in (kh, kw, C) order.
 #include <unistd.h>
 
 #include <algorithm>
@@ -29,8 +36,15 @@
 
 namespace {
 
-typedef float vf __attribute__((vector_size(64)));
-typedef double vd __attribute__((vector_size(64)));
+#if defined(__AVX512F__)
+constexpr int VECTOR_BYTES = 64, TILE_VECTORS = 4;
+#elif defined(__AVX__)
+constexpr int VECTOR_BYTES = 32, TILE_VECTORS = 3;  // 12 accumulators + 3 loads + 1 broadcast = 16
+#else
+constexpr int VECTOR_BYTES = 16, TILE_VECTORS = 2;
+#endif
+typedef float vf __attribute__((vector_size(VECTOR_BYTES)));
+typedef double vd __attribute__((vector_size(VECTOR_BYTES)));
 template <typename T> struct Vec;
 template <> struct Vec<float> { typedef vf type; };
 template <> struct Vec<double> { typedef vd type; };
@@ -180,7 +194,8 @@ void forward(const T* x, const T* w, const T* bias, T* out, const Geom& g, int t
       const T* bp = bias ? bias + p * g.o : nullptr;
       T* op = out + p * g.o * g.n;
       int64_t n0 = 0;
-      for (; n0 + 4 * lanes <= g.n; n0 += 4 * lanes) fwd_otiles<T, V, 4>(x, wp, bp, op, g, i, j, n0);
+      for (; n0 + TILE_VECTORS * lanes <= g.n; n0 += TILE_VECTORS * lanes)
+        fwd_otiles<T, V, TILE_VECTORS>(x, wp, bp, op, g, i, j, n0);
       for (; n0 + lanes <= g.n; n0 += lanes) fwd_otiles<T, V, 1>(x, wp, bp, op, g, i, j, n0);
       for (; n0 < g.n; ++n0) fwd_otiles<T, T, 1>(x, wp, bp, op, g, i, j, n0);
     }
@@ -246,7 +261,8 @@ void adjoint(const T* w, const T* y, const T* bias, T* out, const Geom& g, bool 
       T* op = out + q * g.c * g.n;
       const T* bp = bias ? bias + q * g.c : nullptr;
       int64_t n0 = 0;
-      for (; n0 + 4 * lanes <= g.n; n0 += 4 * lanes) adj_ctiles<T, V, 4>(w, y, bp, op, g, row, col, n0, accumulate);
+      for (; n0 + TILE_VECTORS * lanes <= g.n; n0 += TILE_VECTORS * lanes)
+        adj_ctiles<T, V, TILE_VECTORS>(w, y, bp, op, g, row, col, n0, accumulate);
       for (; n0 + lanes <= g.n; n0 += lanes) adj_ctiles<T, V, 1>(w, y, bp, op, g, row, col, n0, accumulate);
       for (; n0 < g.n; ++n0) adj_ctiles<T, T, 1>(w, y, bp, op, g, row, col, n0, accumulate);
     }
@@ -285,7 +301,8 @@ void wg_run(const T* grad, const T* xt, T* gwp, const Geom& g, int64_t p, int64_
             int64_t o0, int64_t k0, int64_t len) {
   constexpr int64_t lanes = sizeof(V) / sizeof(T);
   int64_t e = 0;
-  for (; e + 4 * lanes <= len; e += 4 * lanes) wg_tile<T, V, RO, 4>(grad, xt, gwp, g, p, row, col0, o0, k0 + e, e);
+  for (; e + TILE_VECTORS * lanes <= len; e += TILE_VECTORS * lanes)
+    wg_tile<T, V, RO, TILE_VECTORS>(grad, xt, gwp, g, p, row, col0, o0, k0 + e, e);
   for (; e + lanes <= len; e += lanes) wg_tile<T, V, RO, 1>(grad, xt, gwp, g, p, row, col0, o0, k0 + e, e);
   for (; e < len; ++e) wg_tile<T, T, RO, 1>(grad, xt, gwp, g, p, row, col0, o0, k0 + e, e);
 }

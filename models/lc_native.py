@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("lc_native.cpp")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
+# GCC tuned for AMD Zen (-march=native there) leaves a lone multiply-add chain unfused
+# (`avoid-fma-max-bits`), so a tile's edge rows would round differently from its body and
+# from an Intel build: fused everywhere, every output number is the same sum on every CPU kind.
+GCC_FLAGS = ("--param=avoid-fma-max-bits=0",)
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 _P, _I64, _DIMS = ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)
@@ -67,7 +71,8 @@ def _build(cache: Path) -> Path:
     if compiler is None:
         raise RuntimeError("no C++ compiler on PATH (apt-get install g++)")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    digest = hashlib.sha256("\0".join([SOURCE.read_text(), version, *FLAGS, _cpu_key()]).encode()).hexdigest()[:16]
+    flags = FLAGS if "clang" in version.lower() else FLAGS + GCC_FLAGS
+    digest = hashlib.sha256("\0".join([SOURCE.read_text(), version, *flags, _cpu_key()]).encode()).hexdigest()[:16]
     lib = cache / f"lc_native-{digest}.so"
     if lib.exists():
         return lib
@@ -75,7 +80,7 @@ def _build(cache: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=cache, suffix=".so.tmp")
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+        done = subprocess.run([compiler, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"{compiler} failed on {SOURCE}: {done.stderr.strip()[-500:]}")
         os.replace(tmp, lib)

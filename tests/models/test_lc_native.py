@@ -58,6 +58,30 @@ def test_native_kernels_match_the_pytorch_kernels_in_float32(c, o, size, kernel,
         torch.testing.assert_close(t, r, rtol=0, atol=2e-6 * scale)
 
 
+def test_every_output_number_is_the_same_sum_whichever_vector_tile_computes_it():
+    """Rows, channels and samples that hold the same numbers get bit-identical results, whether
+    a full register tile or a single-vector tail computes them (n = 112 and kw*C = 80 reach
+    both with AVX-512 and AVX2 vectors; no scalar tail). GCC tuned for AMD Zen left a lone
+    multiply-add chain unfused, so the tails rounded differently (lc_native.GCC_FLAGS)."""
+    torch.manual_seed(0)
+    n, size = 112, (9, 9)
+    x = torch.randn(*size, 1, 1)
+    for c, o, k in [(18, 6, 3), (16, 6, 5)]:  # C = 18: a channel tail in the adjoint; kw*C = 80
+        layer = LocallyConnected2d(c, o, size, k, 1, "same")
+        g, p = layer.geometry, layer.geometry.num_positions
+        xc = x.expand(*size, c, n).contiguous()  # every channel and sample the same
+        w = layer.weight.detach()[:, :1].expand_as(layer.weight).contiguous()  # every row the same
+        out = lc_native.forward(w, xc, g)
+        assert torch.equal(out, out[:, :1, :1].expand_as(out))
+        w_c = layer.weight.detach().view(p, o, -1, c)[..., :1].expand(-1, -1, -1, c).reshape(p, o, -1)
+        y = torch.randn(p, o, 1).expand(-1, -1, n).contiguous()
+        adj = lc_native.adjoint(w_c.contiguous(), y, g, c)  # weights the same over channels
+        assert torch.equal(adj, adj[..., :1, :1].expand_as(adj))
+        grad = torch.randn(p, 1, n).expand(-1, o, -1).contiguous()  # the same over rows
+        gw = lc_native.weight_grad(grad, xc, g).view(p, o, k * k, c)
+        assert torch.equal(gw, gw[:, :1, :, :1].expand_as(gw))
+
+
 def test_threads_split_the_work_without_changing_a_bit():
     torch.manual_seed(0)
     layer = LocallyConnected2d(32, 16, (14, 14), 3, 1, "same")
