@@ -22,6 +22,7 @@ from bioscale.training.config_loader import upgraded_config
 from bioscale.training.divergence import DivergenceMonitor
 from bioscale.training.engines import make_engine
 from bioscale.training.host_memory import keep_freed_memory
+from bioscale.training.interrupts import InterruptLatch
 from bioscale.training.metrics import MetricsLogger
 from bioscale.training.preflight import check_config
 from bioscale.training.progress import ProgressReporter
@@ -44,6 +45,7 @@ class Trainer:
         self.engine = make_engine(cfg, self.env)
         self.device = self.engine.device
         self.is_main = self.env.rank == 0
+        self.interrupts = InterruptLatch()
         self.autocast = torch.bfloat16 if cfg.distributed.precision == "bf16" else None
         self._build_data()
         self.learner = build_learner(
@@ -177,10 +179,11 @@ class Trainer:
         resume_step = self._resume()
         self.metrics = MetricsLogger(self.run_dir, enabled=self.is_main, resume_step=resume_step)
         try:
-            while self.epoch < cfg.train.epochs:
-                self._train_epoch()
-                self._end_epoch()
-            result = self._finish()
+            with self.interrupts:
+                while self.epoch < cfg.train.epochs:
+                    self._train_epoch()
+                    self._end_epoch()
+                result = self._finish()
         finally:
             self.metrics.close()
         return result
@@ -213,6 +216,7 @@ class Trainer:
             with self.autocast_context():
                 out = self._train_batch(x, y, phase)
             self.step += 1
+            self.interrupts.check()  # a Ctrl-C swallowed during the step stops the run here
             if cfg.model.weight_sharing != "none" and self.step % cfg.model.sharing_every_steps() == 0:
                 # after the step: training/weight_sharing.py (DeepSpeed: into its master copy too)
                 share_weights(self.learner, self.engine.deepspeed_zero_stage, self._sharing())
