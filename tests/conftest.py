@@ -4,6 +4,7 @@ where CUDA is available (each GPU test has a CPU twin that always runs)."""
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import torch
@@ -24,3 +25,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_slow)
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _python_sigint_handler():
+    """Every test starts with Python's own SIGINT handler. A library used by an earlier test can
+    leave SIGINT ignored in this process; every child process then inherits the ignore (Python
+    keeps an inherited SIG_IGN), and the Ctrl-C tests hung until their timeouts (CI, twice)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
