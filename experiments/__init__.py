@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bioscale.cluster.executors import Executor
-from bioscale.experiments.tables import TABLES, Budget, Row, Table, get_table
+from bioscale.experiments.table_types import Budget, Row, Table
+from bioscale.experiments.tables import TABLES, get_table
 from bioscale.training.config import ConfigError
 
 __all__ = ["TABLES", "Budget", "Row", "Table", "get_table", "reproduce", "Summary"]

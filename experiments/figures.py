@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bioscale.data_pipeline.atomic_files import atomic_open
 from bioscale.experiments.report import RowResult, column
-from bioscale.experiments.tables import Table
+from bioscale.experiments.table_types import Table
 
 ANGLE = re.compile(r"layer(\d+)/angle_to_bp_deg")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from bioscale.algorithms.config import TP_RULES
 from bioscale.data_pipeline.atomic_files import atomic_open, atomic_write_text
 from bioscale.experiments.runner import PlannedRun
-from bioscale.experiments.tables import Row, Table
+from bioscale.experiments.table_types import Row, Table
 from bioscale.training.run_records import WALL_FILE, RunState, read_json, run_state
 from bioscale.training.selection import RESULT_FILE
 

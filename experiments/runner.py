@@ -21,7 +21,7 @@ from bioscale.cluster import launcher
 from bioscale.cluster.executors import Executor, LocalExecutor
 from bioscale.cluster.training_job import TrainingJob
 from bioscale.configs import CONFIG_DIR as CONFIGS
-from bioscale.experiments.tables import Budget, Row, Table, row_matches
+from bioscale.experiments.table_types import Budget, Row, Table, row_matches
 from bioscale.training.config import ConfigError, ExperimentConfig
 from bioscale.training.config_loader import load_config
 from bioscale.training.preflight import check_experiment

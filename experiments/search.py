@@ -27,7 +27,7 @@ from bioscale.cluster.sweep import BASE_CONFIG_FILE, Sweep, SweepLock, TrialStat
 from bioscale.cluster.training_job import TrainingJob
 from bioscale.configs import CONFIG_DIR
 from bioscale.experiments.runner import PlannedRun, choose_rows, is_finished
-from bioscale.experiments.tables import Budget, Row, Table
+from bioscale.experiments.table_types import Budget, Row, Table
 from bioscale.training.preflight import check_experiment
 from bioscale.training.run_records import WALL_FILE, read_json
 

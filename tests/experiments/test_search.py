@@ -14,7 +14,7 @@ import yaml
 from bioscale.cluster.executors import LocalExecutor
 from bioscale.cluster.launcher import job_records
 from bioscale.experiments import Budget, reproduce
-from bioscale.experiments.tables import Search
+from bioscale.experiments.table_types import Search
 from tests.datasets import prepare_small_fashion
 from tests.experiments.test_reproduce import TINY
 
