@@ -23,7 +23,8 @@ from pathlib import Path
 from bioscale.cluster import launcher
 from bioscale.cluster.executors import Executor
 from bioscale.cluster.search_space import as_overrides
-from bioscale.cluster.sweep import BASE_CONFIG_FILE, Sweep, SweepLock, TrialStatus, make_spec
+from bioscale.cluster.sweep import BASE_CONFIG_FILE, Sweep, SweepLock, TrialStatus
+from bioscale.cluster.sweep_spec import make_spec
 from bioscale.cluster.training_job import TrainingJob
 from bioscale.configs import CONFIG_DIR
 from bioscale.experiments.runner import PlannedRun, choose_rows, is_finished

@@ -70,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
     from bioscale.cluster.executors import make_executor
     from bioscale.cluster.profile import ProfileError
-    from bioscale.cluster.sweep import Sweep, make_spec, run_sweep
+    from bioscale.cluster.sweep import Sweep, run_sweep
     from bioscale.cluster.sweep_report import summary, write_report
+    from bioscale.cluster.sweep_spec import make_spec
     from bioscale.training.config import ConfigError
 
     words = list(args.words)
