@@ -11,7 +11,8 @@
   and their gradients 3×, the weight 3× (read forward, read backward, gradient written).
 - DALI `mixed` (nvJPEG) decode + random-resized crop to 224 on synthetic JPEG shards (~256 px).
 - The time split of one profiled SDTP step (torch.profiler, device time on CUDA, CPU
-  time on CPU): GEMM (bmm/mm), unfold, fold, optimizer (Adam), elementwise + the rest.
+  time on CPU): GEMM (bmm/mm), unfold, fold, optimizer (Adam), elementwise + the rest
+  (gpu_profile.py; the DALI part is dali_decode.py).
 
 On CPU the same code runs at tiny sizes (16x16 inputs, batch 4, one thread, `iclr_cifar_lc` in place of
 `iclr_imagenet_lc`, which needs ~224 px inputs), with bf16 as `torch.autocast("cpu")`, so
@@ -21,16 +22,16 @@ on one H100/H200 with the defaults."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import statistics
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from bioscale.bench.dali_decode import measure_dali
+from bioscale.bench.gpu_profile import step_split
 
 # Dense data-sheet peaks (no sparsity): bf16 tensor-core TFLOP/s, fp32 (non-tensor-core)
 # TFLOP/s, memory bandwidth TB/s. Matched on the device name, first match wins.
@@ -46,8 +47,6 @@ SPEC_PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
 )
 GPU_ARCHS = ("iclr_imagenet_lc", "neurips_imagenet_lc")
 CPU_ARCHS = ("iclr_cifar_lc", "neurips_imagenet_lc")
-CATEGORIES = ("gemm", "unfold", "fold", "elementwise", "optimizer")
-GEMM_OPS = {"aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm", "aten::addbmm", "aten::_scaled_mm"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -282,50 +281,8 @@ def measure_lc_layers(args, device, clock, archs, precisions, peaks, log) -> dic
     return results
 
 
-@contextlib.contextmanager
-def _labelled_lc_kernels() -> Iterator[None]:
-    """Label the LC layers' unfold and fold kernels for the profiler (`record_function`
-    around `lc_ops.unfold_` / `fold_`, looked up by name at call time); restored after."""
-    from bioscale.models import lc_ops
-
-    saved = {name: getattr(lc_ops, name, None) for name in ("unfold_", "fold_")}
-
-    def labelled(fn, label):
-        def wrapper(*a, **k):
-            with torch.profiler.record_function(label):
-                return fn(*a, **k)
-
-        return wrapper
-
-    try:
-        for name, fn in saved.items():
-            if fn is not None:
-                setattr(lc_ops, name, labelled(fn, f"bioscale::{name.rstrip('_')}"))
-        yield
-    finally:
-        for name, fn in saved.items():
-            if fn is not None:
-                setattr(lc_ops, name, fn)
-
-
-def _category(evt) -> str:
-    node = evt
-    while node is not None:
-        name = node.name
-        if name == "bioscale::unfold":
-            return "unfold"
-        if name == "bioscale::fold":
-            return "fold"
-        if name.startswith("Optimizer.step") or name.startswith("Optimizer.zero_grad"):
-            return "optimizer"
-        node = node.cpu_parent
-    return "gemm" if evt.name in GEMM_OPS else "elementwise"
-
-
-def profile_split(args, device, clock, arch: str, rule: str, precision: str) -> dict:
-    """Self time of every operator of one step, summed by category (device time on CUDA)."""
-    from torch.profiler import ProfilerActivity, profile
-
+def profile_split(args, device, arch: str, rule: str, precision: str) -> dict:
+    """One step of `rule` on `arch`, split by kernel category (gpu_profile.step_split)."""
     learner, updater, shape, classes = _learner(arch, rule, device, args.size)
     x, y = _batch(shape, classes, args.batch, device)
 
@@ -333,96 +290,10 @@ def profile_split(args, device, clock, arch: str, rule: str, precision: str) -> 
         with _autocast(device, precision):
             updater.step(x, y)
 
-    for _ in range(max(1, args.warmup)):
-        step()
-    clock.sync()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with _labelled_lc_kernels(), profile(activities=activities) as prof:
-        t0 = time.perf_counter()
-        step()
-        clock.sync()
-        wall_ms = (time.perf_counter() - t0) * 1e3
-    us = dict.fromkeys(CATEGORIES, 0.0)
-    for evt in prof.events():
-        if device.type == "cuda":
-            value = float(getattr(evt, "self_device_time_total", 0.0) or 0.0)
-        else:
-            value = float(evt.self_cpu_time_total or 0.0)
-        if value > 0:
-            us[_category(evt)] += value
-    total = sum(us.values()) or 1.0
+    split = step_split(step, device, args.warmup)
     _free(device)
-    return {
-        "arch": arch,
-        "rule": rule,
-        "precision": precision,
-        "time": "device" if device.type == "cuda" else "cpu",
-        "step_wall_ms": round(wall_ms, 3),
-        "ms": {k: round(v / 1e3, 3) for k, v in us.items()},
-        "pct": {k: round(100 * v / total, 1) for k, v in us.items()},
-    }
-
-
-def measure_dali(args, device, log) -> dict:
-    """DALI decode + random-resized crop images/s over synthetic JPEG shards (mixed on GPU)."""
-    from bioscale.data_pipeline import build_reader, open_split
-    from bioscale.data_pipeline.readers import dali_problem
-    from bioscale.data_pipeline.synthetic import synthetic_shards
-
-    problem = dali_problem(device)
-    decode = "mixed" if device.type == "cuda" else "cpu"
-    if problem:
-        log(f"  DALI: skipped: {problem}")
-        return {"decode": decode, "error": problem}
-    gpu = device.type == "cuda"
-    side = args.size + args.size // 7  # ~256 px sources for 224 crops
-    with tempfile.TemporaryDirectory(prefix="bioscale-bench-gpu-") as tmp:
-        import os
-
-        shards = synthetic_shards(
-            Path(tmp),
-            train=args.dali_images,
-            test=0,
-            val=0,
-            size=side,
-            shard_size=256,
-            workers=min(8, os.cpu_count() or 1),
-        )
-        batch = args.batch if gpu else min(args.batch, 8)
-        reader = build_reader(
-            open_split(shards / "train"),
-            kind="dali",
-            train=True,
-            batch_size=batch,
-            augment="crop",
-            image_size=args.size,
-            num_workers=min(8, os.cpu_count() or 1),
-            device=str(device),
-        )
-
-        def epoch() -> int:
-            n = 0
-            for _images, labels in reader:
-                n += labels.numel()
-            if gpu:
-                torch.cuda.synchronize(device)
-            return n
-
-        epoch()  # build, warm caches
-        rates = []
-        for _ in range(2 if gpu else 1):
-            t0 = time.perf_counter()
-            n = epoch()
-            rates.append(n / (time.perf_counter() - t0))
-    rate = statistics.median(rates)
-    log(f"  DALI {decode} decode + crop {args.size}: {rate:.0f} images/s ({args.dali_images} JPEGs ~{side} px)")
-    return {
-        "decode": decode,
-        "images_per_s": round(rate, 1),
-        "images": args.dali_images,
-        "source_side": side,
-        "batch": batch,
-    }
+    time_kind = "device" if device.type == "cuda" else "cpu"
+    return {"arch": arch, "rule": rule, "precision": precision, "time": time_kind, **split}
 
 
 # ------------------------------------------------------------------------------------ entry
@@ -482,9 +353,7 @@ def run(args: argparse.Namespace) -> dict:
         result["lc_layers"] = measure_lc_layers(args, device, clock, archs, precisions, peaks, log)
     if "profile" not in skip:
         profile_rule = "sdtp" if "sdtp" in rules else rules[0]
-        result["profile"] = {
-            arch: profile_split(args, device, clock, arch, profile_rule, precisions[-1]) for arch in archs
-        }
+        result["profile"] = {arch: profile_split(args, device, arch, profile_rule, precisions[-1]) for arch in archs}
         for arch, split in result["profile"].items():
             log(
                 f"  profile {arch}/{split['precision']}/{split['rule']}: "
