@@ -12,11 +12,9 @@ Pieces:
 - `Geometry`: sizes, padding, and per kernel tap the input slice it reads
   (taps reading only padding are skipped by the fold).
 - `unfold_` / `fold_`: the raw kernels, each the other's adjoint.
-- `Unfold` / `Fold`: the same as autograd Functions, each the other's backward.
-- `LCLinear` / `LCTransposeLinear`: the layer and its adjoint with gradients
-  written out, so that feedback alignment can swap the weight used for the
-  input gradient, the unfold can be recomputed instead of stored, and the weight
-  gradient comes out contiguous in the weight's own layout.
+- `lc_matmul` / `lc_weight_grad` / `lc_adjoint`: the layer's three GEMMs (native
+  kernels from lc_native where usable, chunked when the columns outgrow the cache).
+  The autograd Functions built on them are in lc_functions.py.
 - `to_hwcn`: NCHW -> (H, W, C, N) without the slow generic 4-D permute copy.
 """
 
@@ -25,10 +23,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from bioscale.models import lc_native
-from bioscale.models.amp import autocast_backward, autocast_forward
 
 
 class Geometry:
@@ -140,7 +136,7 @@ reads it (0.25-1 MiB measured alike, 2 MiB slower; BENCHMARKS.md, "Training step
 CPU"). Layers whose columns fit in two chunks use the one-shot kernels."""
 
 
-def _chunk_rows(g: Geometry, k: int, n: int, itemsize: int) -> int:
+def chunk_rows(g: Geometry, k: int, n: int, itemsize: int) -> int:
     """Output rows per chunk, or 0 when the whole column tensor fits in two chunks (then the
     one-shot kernels are as fast and issue fewer calls)."""
     row_bytes = g.output_size[1] * k * n * itemsize
@@ -195,7 +191,7 @@ def lc_matmul(weight: torch.Tensor, x: torch.Tensor, g: Geometry, bias_lo1: torc
     num_pos, o, k = weight.shape
     if lc_native.usable(weight, x):
         return lc_native.forward(weight, x, g, None if bias_lo1 is None else bias_lo1.reshape(num_pos, o))
-    rows = _chunk_rows(g, k, n, x.element_size())
+    rows = chunk_rows(g, k, n, x.element_size())
     if not rows:
         cols = unfold_(x, g)
         return torch.bmm(weight, cols) if bias_lo1 is None else torch.baddbmm(bias_lo1, weight, cols)
@@ -243,7 +239,7 @@ def lc_weight_grad(grad: torch.Tensor, x: torch.Tensor, g: Geometry) -> torch.Te
         return lc_native.weight_grad(grad, x, g)
     num_pos, o, n = grad.shape
     k = g.kernel_size[0] * g.kernel_size[1] * x.shape[2]
-    rows = _chunk_rows(g, k, n, x.element_size())
+    rows = chunk_rows(g, k, n, x.element_size())
     if not rows:
         return torch.bmm(grad, unfold_(x, g).transpose(1, 2))
     (ho, wo), kh, sh = g.output_size, g.kernel_size[0], g.stride[0]
@@ -291,7 +287,7 @@ def lc_adjoint(
     if bias_hwc is not None:  # preloads the accumulator (saves a pass over the output)
         bias_hwcn = bias_hwc.unsqueeze(-1).expand(*g.input_size, channels, n)
         out = bias_hwcn.contiguous() if out is None else out.add_(bias_hwcn)
-    if not _chunk_rows(g, k, n, y.element_size()):
+    if not chunk_rows(g, k, n, y.element_size()):
         return fold_(torch.bmm(weight.transpose(1, 2), y), g, channels, out=out)
     if out is None:
         out = y.new_zeros((*g.input_size, channels, n))
@@ -307,136 +303,3 @@ def lc_adjoint(
             y.as_strided((m, o, n), (on, n, 1), yb + position * on),
         )
     return out
-
-
-class Unfold(torch.autograd.Function):
-    """Autograd unfold (H, W, C, N) -> (L, K, N); backward is `Fold`."""
-
-    @staticmethod
-    @autocast_forward(cast_inputs=True)
-    def forward(ctx, x, g: Geometry):
-        ctx.g, ctx.channels = g, x.shape[2]
-        return unfold_(x, g)
-
-    @staticmethod
-    @autocast_backward
-    def backward(ctx, grad):
-        return Fold.apply(grad.contiguous(), ctx.g, ctx.channels), None
-
-
-class Fold(torch.autograd.Function):
-    """Autograd fold (L, K, N) -> (H, W, C, N); backward is `Unfold`."""
-
-    @staticmethod
-    @autocast_forward(cast_inputs=True)
-    def forward(ctx, cols, g: Geometry, channels: int):
-        ctx.g = g
-        return fold_(cols, g, channels)
-
-    @staticmethod
-    @autocast_backward
-    def backward(ctx, grad):
-        return Unfold.apply(grad.contiguous(), ctx.g), None, None
-
-
-def _bias_lo1(bias: torch.Tensor, num_positions: int) -> torch.Tensor:
-    """(O, Ho, Wo) -> (L, O, 1) for baddbmm (a copy of O·L numbers)."""
-    return bias.reshape(bias.shape[0], num_positions).t().unsqueeze(-1)
-
-
-class LCLinear(torch.autograd.Function):
-    """y = W · unfold(x) + b: (H, W, C, N) -> (Ho, Wo, O, N); weight (L, O, K), bias (O, Ho, Wo).
-
-    With `feedback` (weight-shaped) the input gradient is fold(feedbackᵀ · g)
-    and W is not saved, so overwriting W after the forward cannot reach the
-    backward (feedback alignment). With `recompute`, x is saved instead of its
-    (k/s)²-times larger unfold and backward rebuilds the columns."""
-
-    @staticmethod
-    @autocast_forward(cast_inputs=True)
-    def forward(ctx, x, weight, bias, feedback, g: Geometry, recompute: bool):
-        bias_lo1 = None if bias is None else _bias_lo1(bias, g.num_positions)
-        # a trained feedback (Kolen–Pollack) gets the weight's gradient: it needs the columns too
-        wants_gw = ctx.needs_input_grad[1] or ctx.needs_input_grad[3]
-        small = not _chunk_rows(g, weight.shape[2], x.shape[3], x.element_size())
-        if wants_gw and not recompute and small and not lc_native.usable(weight, x):
-            cols = unfold_(x, g)  # small enough to keep: saved for the weight gradient
-            out = torch.bmm(weight, cols) if bias_lo1 is None else torch.baddbmm(bias_lo1, weight, cols)
-        else:
-            # Columns too large to keep in cache (or not needed): built chunk by chunk and,
-            # if the weight gradient needs them, rebuilt the same way in backward.
-            recompute = True
-            out = lc_matmul(weight, x, g, bias_lo1)
-        ctx.g, ctx.recompute, ctx.has_bias = g, recompute, bias is not None
-        ctx.channels, ctx.out_channels = x.shape[2], weight.shape[1]
-        # Save only what the requested gradients read: autograd's version check then fires
-        # exactly when a tensor the backward uses was modified in place.
-        needs_x, needs_w = ctx.needs_input_grad[0], wants_gw
-        ctx.save_for_backward(
-            (x if recompute else cols) if needs_w else None,
-            (weight if feedback is None else feedback) if needs_x else None,
-        )
-        return out.view(*g.output_size, weight.shape[1], x.shape[3])
-
-    @staticmethod
-    @autocast_backward
-    @once_differentiable  # the saved columns carry no graph: refuse double backward rather than get it wrong
-    def backward(ctx, grad):
-        saved, back = ctx.saved_tensors
-        g, o = ctx.g, ctx.out_channels
-        grad = to_hwcn(grad.permute(3, 2, 0, 1)).view(g.num_positions, o, -1)
-        gx = gw = gb = gfb = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
-            gw = lc_weight_grad(grad, saved, g) if ctx.recompute else torch.bmm(grad, saved.transpose(1, 2))
-            if ctx.needs_input_grad[3]:  # Kolen–Pollack: B gets exactly W's gradient (its own tensor)
-                gfb = gw.clone() if ctx.needs_input_grad[1] else gw
-            if not ctx.needs_input_grad[1]:
-                gw = None
-        if ctx.needs_input_grad[0]:
-            gx = lc_adjoint(back, grad, g, ctx.channels)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = grad.sum(-1).t().reshape(o, *g.output_size)
-        return gx, gw, gb, gfb, None, None
-
-
-class LCTransposeLinear(torch.autograd.Function):
-    """x = fold(Wᵀ · y) + c: (Ho, Wo, O, N) -> (H, W, C, N), the adjoint of `LCLinear`; bias (C, H, W).
-
-    The bias preloads the fold's accumulator (saves a pass over the output)."""
-
-    @staticmethod
-    @autocast_forward(cast_inputs=True)
-    def forward(ctx, y, weight, bias, g: Geometry, channels: int):
-        num_pos, o, _ = weight.shape
-        n = y.shape[-1]
-        y2 = y.view(num_pos, o, n)
-        out = lc_adjoint(weight, y2, g, channels, bias_hwc=None if bias is None else bias.permute(1, 2, 0))
-        ctx.g, ctx.has_bias = g, bias is not None
-        ctx.save_for_backward(y2 if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
-        return out
-
-    @staticmethod
-    @autocast_backward
-    @once_differentiable
-    def backward(ctx, grad):
-        y2, weight = ctx.saved_tensors
-        g = ctx.g
-        grad = to_hwcn(grad.permute(3, 2, 0, 1))
-        gy = gw = gb = None
-        both = ctx.needs_input_grad[0] and ctx.needs_input_grad[1]
-        if (
-            both
-            and not _chunk_rows(g, weight.shape[2], grad.shape[3], grad.element_size())
-            and not (lc_native.usable(weight, grad))
-        ):
-            gcols = unfold_(grad, g)  # small: one unfold serves both GEMMs
-            gy = torch.bmm(weight, gcols).view(*g.output_size, weight.shape[1], -1)
-            gw = torch.bmm(y2, gcols.transpose(1, 2))
-        else:
-            if ctx.needs_input_grad[0]:
-                gy = lc_matmul(weight, grad, g).view(*g.output_size, weight.shape[1], -1)
-            if ctx.needs_input_grad[1]:
-                gw = lc_weight_grad(y2, grad, g)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = grad.sum(-1).permute(2, 0, 1).contiguous()
-        return gy, gw, gb, None, None

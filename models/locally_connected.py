@@ -31,7 +31,8 @@ from torch import nn
 
 from bioscale.models.geometry import SlidingWindow, pair
 from bioscale.models.init import GlorotInit
-from bioscale.models.lc_ops import Geometry, LCLinear, LCTransposeLinear, to_hwcn
+from bioscale.models.lc_functions import LCLinear, LCTransposeLinear
+from bioscale.models.lc_ops import Geometry, to_hwcn
 
 
 def _mean_keep(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:

@@ -50,7 +50,7 @@ def test_chunked_kernels_match_one_shot(monkeypatch, c, o, size, kernel, stride,
     feedback = torch.randn_like(layer.weight) if with_feedback else None
     g = layer.geometry
     k = layer.weight.shape[2]
-    assert lc_ops._chunk_rows(g, k, 5, 8) == 0  # small: one-shot kernels by default
+    assert lc_ops.chunk_rows(g, k, 5, 8) == 0  # small: one-shot kernels by default
     with lc_native.disabled():
         reference = _grads(layer, x, y, feedback)
     layer.zero_grad()
@@ -61,7 +61,7 @@ def test_chunked_kernels_match_one_shot(monkeypatch, c, o, size, kernel, stride,
         # one row per chunk; the transpose layer's geometry is the same object's twin
         monkeypatch.setattr(lc_ops, "CHUNK_BYTES", 1)
         monkeypatch.setattr(lc_ops, "_strip_path", lambda x: path == "strips")
-        assert lc_ops._chunk_rows(g, k, 5, 8) == 1
+        assert lc_ops.chunk_rows(g, k, 5, 8) == 1
         with lc_native.disabled():
             chunked = _grads(layer, x, y, feedback)
     for ref, got in zip(reference, chunked, strict=True):

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from bioscale.models import LocallyConnected2d
-from bioscale.models.lc_ops import Fold, Geometry, Unfold, to_hwcn
+from bioscale.models.lc_functions import Fold, Unfold
+from bioscale.models.lc_ops import Geometry, to_hwcn
 
 
 def expected_geometry(mode, n, k, s):
