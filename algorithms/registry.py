@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from bioscale.algorithms.config import RULES, TP_RULES, RuleConfig
 from bioscale.algorithms.drl import DRL, LDRL
-from bioscale.algorithms.rules import AOSDTP, BP, DFA, DTP, FA, KP, SDTP, Rule, SignSym, TargetPropagation
+from bioscale.algorithms.fa_variants import KP, SignSym
+from bioscale.algorithms.rules import AOSDTP, BP, DFA, DTP, FA, SDTP, Rule, TargetPropagation
 
 RULE_CLASSES: dict[str, type[Rule]] = {
     cls.name: cls for cls in (BP, FA, DFA, DTP, SDTP, AOSDTP, SignSym, KP, LDRL, DRL)

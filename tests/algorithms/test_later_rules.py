@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from bioscale.algorithms import AdamConfig, OptimConfig, RuleConfig, Updater, build_learner, feedback_angles
+from bioscale.algorithms.fa_variants import SignSym
 from bioscale.algorithms.optim import param_groups
-from bioscale.algorithms.rules import SignSym
 from tests.algorithms.oracle_alignment import LC, alignment_step
 
 N, CLASSES, LR = 6, 5, 0.05
