@@ -2,6 +2,8 @@
   curves.png         train (solid) and test (dashed) error per method over training, one panel
                      per net, like the paper's Figures 2 and 4
   angles_<net>.png   per-layer angle between each rule's update and the BP gradient over training
+  feedback_angles.png  per-layer angle between a trained feedback B_l and the forward W_l over
+                     training (Kolen–Pollack: it should fall), for the rows that log it
   bars.png           the final table: test error per method and net (train error as dots)
 They read the run directories (result.json history, metrics.jsonl); the first seed of each row
 draws the curves, the bars show the mean ± std over seeds."""
@@ -18,6 +20,7 @@ from bioscale.experiments.report import RowResult, column
 from bioscale.experiments.table_types import Table
 
 ANGLE = re.compile(r"layer(\d+)/angle_to_bp_deg")
+FEEDBACK_ANGLE = re.compile(r"angle/feedback_vs_forward/l(\d+)")
 
 
 def _plt():
@@ -88,7 +91,8 @@ def curves(table: Table, results: Sequence[RowResult], path: str | Path) -> Path
     return _save(fig, path, plt)
 
 
-def _angle_series(run_dir: Path) -> dict[int, tuple[list[int], list[float]]]:
+def _angle_series(run_dir: Path, pattern: re.Pattern = ANGLE) -> dict[int, tuple[list[int], list[float]]]:
+    """layer -> (steps, degrees) of the metrics.jsonl keys matching `pattern` (group 1: the layer)."""
     series: dict[int, tuple[list[int], list[float]]] = {}
     try:
         lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
@@ -97,7 +101,7 @@ def _angle_series(run_dir: Path) -> dict[int, tuple[list[int], list[float]]]:
     for line in lines:
         record = json.loads(line)
         for key, value in record.items():
-            m = ANGLE.fullmatch(key)
+            m = pattern.fullmatch(key)
             if m and value is not None:
                 steps, values = series.setdefault(int(m.group(1)), ([], []))
                 steps.append(record["step"])
@@ -105,36 +109,58 @@ def _angle_series(run_dir: Path) -> dict[int, tuple[list[int], list[float]]]:
     return series
 
 
+def _layer_panels(panels: list[tuple[str, dict]], path: Path, ylabel: str, title: str) -> Path:
+    """A panel per (title, series), a line per layer, 90° (orthogonal) dotted."""
+    plt = _plt()
+    ncol = min(4, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.9 * nrow), squeeze=False, sharey=True)
+    for ax, (name, series) in zip(axes.flat, panels):
+        for layer, (steps, values) in sorted(series.items()):
+            ax.plot(steps, values, marker=".", label=f"layer {layer}")
+        ax.axhline(90, color="grey", lw=0.8, ls=":")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, plt)
+
+
 def angles(table: Table, results: Sequence[RowResult], out_dir: str | Path, run_dirs: dict[str, Path]) -> list[Path]:
     """One figure per net: a panel per non-BP rule, a line per layer. `run_dirs`: row key ->
     the run directory whose metrics.jsonl is drawn (the first seed)."""
-    plt = _plt()
     written = []
     for col in columns(results):
         rows = [r for r in results if column(r.row.arch) == col and r.row.rule != "bp" and r.row.key in run_dirs]
-        panels = [(r, _angle_series(run_dirs[r.row.key])) for r in rows]
-        panels = [(r, s) for r, s in panels if s]
-        if not panels:
-            continue
-        ncol = min(4, len(panels))
-        nrow = -(-len(panels) // ncol)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 2.9 * nrow), squeeze=False, sharey=True)
-        for ax, (res, series) in zip(axes.flat, panels):
-            for layer, (steps, values) in sorted(series.items()):
-                ax.plot(steps, values, marker=".", label=f"layer {layer}")
-            ax.axhline(90, color="grey", lw=0.8, ls=":")
-            ax.set_title(res.row.method, fontsize=10)
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-        for ax in axes.flat[len(panels) :]:
-            ax.set_visible(False)
-        for ax in axes[:, 0]:
-            ax.set_ylabel("angle to BP (deg)")
-        axes.flat[0].legend(fontsize=7)
-        fig.suptitle(f"{table.arch_titles.get(col, col)}: angle to BP per layer", fontsize=10)
-        fig.tight_layout()
-        written.append(_save(fig, Path(out_dir) / f"angles_{col}.png", plt))
+        panels = [(r.row.method, _angle_series(run_dirs[r.row.key])) for r in rows]
+        panels = [(name, series) for name, series in panels if series]
+        if panels:
+            title = f"{table.arch_titles.get(col, col)}: angle to BP per layer"
+            written.append(_layer_panels(panels, Path(out_dir) / f"angles_{col}.png", "angle to BP (deg)", title))
     return written
+
+
+def feedback_angles(
+    table: Table, results: Sequence[RowResult], out_dir: str | Path, run_dirs: dict[str, Path]
+) -> list[Path]:
+    """One figure, a panel per row that logs `angle/feedback_vs_forward/l<k>` (the angle
+    between a trained feedback matrix and its forward weights: Kolen–Pollack's B → W)."""
+    panels = []
+    for res in results:
+        series = _angle_series(run_dirs[res.row.key], FEEDBACK_ANGLE) if res.row.key in run_dirs else {}
+        if series:
+            net = table.arch_titles.get(column(res.row.arch), column(res.row.arch))
+            panels.append((f"{res.row.method}, {net}", series))
+    if not panels:
+        return []
+    path = Path(out_dir) / "feedback_angles.png"
+    return [_layer_panels(panels, path, "angle(B, W) (deg)", "Feedback vs forward weights per layer")]
 
 
 def bars(table: Table, results: Sequence[RowResult], path: str | Path) -> Path:
@@ -182,5 +208,6 @@ def all_figures(
     return [
         curves(table, results, out_dir / "curves.png"),
         *angles(table, results, out_dir, run_dirs),
+        *feedback_angles(table, results, out_dir, run_dirs),
         bars(table, results, out_dir / "bars.png"),
     ]

@@ -127,6 +127,17 @@ def test_other_tables_run_on_synthetic_standins(table, rows, standin, fashion, t
         assert lines[0]["paper_test_top5_err"] == "0.4017"  # NeurIPS: BP ConvNet 63.93 / 40.17
 
 
+def test_later_table_draws_the_kp_feedback_angle(fashion, tmp_path):
+    """Kolen–Pollack logs angle(B_l, W_l) per layer; the report draws it (sign-symmetry's B is
+    sign(W), not trained: no such series, no panel)."""
+    summary = reproduce("later-fashion-mnist", TINY, data=fashion, out=tmp_path, rows=["fc_kp", "fc_signsym"])
+    names = sorted(p.name for p in summary.figures)
+    assert names == ["angles_fc.png", "bars.png", "curves.png", "feedback_angles.png"]
+    metrics = (tmp_path / "runs/later_rules/fashion_mnist/fc_kp/seed0/metrics.jsonl").read_text()
+    assert "angle/feedback_vs_forward/l2" in metrics
+    assert "figures/feedback_angles.png" in (tmp_path / "results.md").read_text()
+
+
 def test_report_aggregates_seeds_and_marks_failures(tmp_path):
     table = get_table("fashion-mnist")
     runs = plan(table, TINY, tmp_path / "data", tmp_path, seeds=2, rows=["fc_bp", "fc_fa", "fc_dfa"])
