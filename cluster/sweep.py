@@ -226,8 +226,9 @@ class Sweep:
         return out
 
     # ---------------------------------------------------------------- advance
-    def advance(self) -> list[str]:
-        """Submit what is due now; returns the new job ids (none when nothing is)."""
+    def advance(self, limit: int | None = None) -> list[str]:
+        """Submit what is due now, at most `limit` jobs (the free slots of a bounded pool; the
+        rest wait for the next call); returns the new job ids (none when nothing is)."""
         status = self.status(with_logs=False)
         decided = len(self.decisions())
         alive = [s for s in status if s.state != "pruned"]
@@ -243,6 +244,7 @@ class Sweep:
             for s in status
             if s.state == "new" or (s.state in RETRYABLE and (s.trial, s.target_epochs) not in self.attempted)
         ]  # a pruned trial is never due again: the decisions are final
+        due = due if limit is None else due[: max(0, limit)]
         if not due:
             return []
         return self._submit(due)

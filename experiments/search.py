@@ -116,9 +116,10 @@ def run_searched(
     run: failures, retried by the next call); returns the final runs of every row.
 
     Rows go in table order and an earlier row always gets the next free slot: with a
-    bounded pool (`executor.capacity`) new work is queued only while fewer jobs than slots
-    are queued or running, so rows finish one after the other — a session that ends mid-
-    table leaves whole rows done — instead of every row's first stage first."""
+    bounded pool (`executor.capacity`) no more jobs are queued than there are free slots,
+    so rows finish one after the other — a session that ends mid-table leaves whole rows
+    done — instead of every row's first stage first, and a row's next stage never waits
+    behind a later row's queued trials (the local pool runs jobs in submission order)."""
     with contextlib.ExitStack() as locks:
         for s in searches:
             locks.enter_context(SweepLock(s.sweep.root))
@@ -128,12 +129,13 @@ def run_searched(
             submitted: list[str] = []
             busy = sum(_active_jobs(s, data, out, executor) for s in searches)
             for s in searches:
-                if executor.capacity is not None and busy >= executor.capacity:
+                free = None if executor.capacity is None else executor.capacity - busy
+                if free is not None and free <= 0:
                     break
-                before = len(submitted)
-                submitted += s.sweep.advance()
-                submitted += _submit_seed_runs(s, data, out, executor)
-                busy += len(submitted) - before
+                new = s.sweep.advance(limit=free)
+                new += _submit_seed_runs(s, data, out, executor, limit=None if free is None else free - len(new))
+                submitted += new
+                busy += len(new)
             statuses = {s.row.key: s.sweep.status(with_logs=False) for s in searches}
             progress = _progress(searches, statuses, data, out, executor)
             if progress != seen.get("line"):
@@ -161,12 +163,14 @@ def _active_jobs(s: RowSearch, data: Path, out: Path, executor: Executor) -> int
     return trials + seeds
 
 
-def _submit_seed_runs(s: RowSearch, data: Path, out: Path, executor: Executor) -> list[str]:
+def _submit_seed_runs(s: RowSearch, data: Path, out: Path, executor: Executor, limit: int | None = None) -> list[str]:
+    """Submit the row's seed runs (1, 2, ...) that are due, at most `limit` of them."""
     due = [
         run
         for run in s.runs(data, out)[1:]
         if run.seed not in s.attempted and not is_finished(run) and not launcher.active_job(run.run_dir, executor)
     ]
+    due = due if limit is None else due[: max(0, limit)]
     if not due:
         return []
     cfgs = [run.load_config() for run in due]

@@ -28,18 +28,41 @@ SEARCHED = Budget(
 )
 
 
+class CountingPool(LocalExecutor):
+    """The local pool, noting after every submission how many of its jobs are queued or running."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ids: list[str] = []
+        self.active_after_submit: list[int] = []
+
+    def submit(self, jobs, job_name):
+        ids = super().submit(jobs, job_name)
+        self.ids += ids
+        self.active_after_submit.append(sum(state.active for state in self.query(self.ids).values()))
+        return ids
+
+
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     data = prepare_small_fashion(tmp_path_factory.mktemp("fashion_search"))
     out = tmp_path_factory.mktemp("searched")
-    pool = LocalExecutor(out / "logs", max_parallel=2, threads_per_job=1)
+    pool = CountingPool(out / "logs", max_parallel=2, threads_per_job=1)
     try:
         summary = reproduce(
             "fashion-mnist", SEARCHED, data=data, out=out, rows=["lc_sdtp"], executor=pool, figures=False, poll_s=0.2
         )
     finally:
         pool.shutdown()
-    return {"out": out, "data": data, "summary": summary}
+    return {"out": out, "data": data, "summary": summary, "pool": pool}
+
+
+def test_the_pool_never_holds_more_jobs_than_slots(searched):
+    """Three trials on two slots: the third is queued only once a slot is free, so in a
+    table a row's next stage is never stuck behind a later row's trials (FIFO pool)."""
+    pool = searched["pool"]
+    assert len(pool.ids) == 3 + 2 + 1 + 1  # 3 trials, 2 continued after stage 1, the winner, seed 1
+    assert max(pool.active_after_submit) <= 2, pool.active_after_submit
 
 
 def test_search_prunes_twice_and_its_winner_is_seed_0(searched):
