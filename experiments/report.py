@@ -183,7 +183,7 @@ def _paper_cell(row: Row, top5: bool) -> str:
     if p is None:
         return "–"
     parts = [p.train, p.test] + ([p.test_top5] if top5 else [])
-    return " / ".join("–" if v is None else f"{v:.2f}" for v in parts)
+    return " / ".join("–" if v is None else f"{v:.2f}" for v in parts) + (" †" if p.other_net else "")
 
 
 def column(arch: str) -> str:

@@ -42,6 +42,9 @@ class PaperResult:
     test: float | None
     """Test top-1 error, %."""
     test_top5: float | None = None
+    other_net: bool = False
+    """The paper ran this method on another net than the row's (named in `source`); the
+    Markdown table marks its cell with †."""
 
 
 @dataclass(frozen=True)

@@ -81,12 +81,13 @@ def _fashion_rows() -> list[Row]:
                     .get(arch if version == "iclr" else f"mnist_{arch}", {})
                     .get((rule, schedule))
                 )
-                if same is None and version == "iclr":  # not run on the ICLR nets: the NeurIPS net's numbers
+                other_net = same is None and version == "iclr"
+                if other_net:  # not run on the ICLR nets: the NeurIPS net's numbers
                     same = NEURIPS[f"mnist_{arch}"].get((rule, schedule))
                     src = f"NeurIPS, {arch.upper()} net 'neurips_mnist_{arch}'"
                 else:
                     src = f"{paper_src} MNIST"
-                paper = PaperResult(src, *same) if same else None
+                paper = PaperResult(src, *same, other_net=other_net) if same else None
                 rows.append(
                     Row(
                         rule,
@@ -135,8 +136,9 @@ _register(
             ),
             "paper": Budget(epochs=500, note="500 epochs, the paper's MNIST protocol (days on a CPU)"),
         },
-        paper_note="The paper numbers are its MNIST results on the same net (Fashion-MNIST is harder: "
-        "expect several times their error); they orient the ranking, not the level.",
+        paper_note="The paper numbers are its MNIST results on the same net, or (†) on the NeurIPS "
+        "version's net of the same kind where the ICLR paper did not run the method (Fashion-MNIST is "
+        "harder: expect several times their error); they orient the ranking, not the level.",
         arch_titles={
             "fc": "ICLR FC (7×240)",
             "lc": "ICLR LC",

@@ -87,3 +87,17 @@ def test_paper_numbers_are_percentages_of_the_right_rows():
     assert mnist.row("iclr2018/mnist/lc_sdtp_alternating").paper.test == 1.63
     assert mnist.row("neurips2018/mnist/conv_bp").paper.test == 1.01
     assert TABLES["imagenet"].row("neurips2018/imagenet/lc_fa").paper.test_top5 == 82.54
+
+
+def test_paper_numbers_from_another_net_are_marked():
+    """The ICLR paper did not run FA, DFA, AO-SDTP or the ConvNet on its MNIST nets: those
+    Fashion-MNIST rows carry the NeurIPS net's numbers, flagged and daggered in Markdown."""
+    from bioscale.experiments.report import _paper_cell
+
+    table = TABLES["fashion-mnist"]
+    fa, bp = table.row("fashion_mnist/lc_fa"), table.row("fashion_mnist/lc_bp")
+    assert fa.paper.other_net and "neurips" in fa.paper.source.lower()
+    assert _paper_cell(fa, top5=False) == "0.00 / 1.26 †"
+    assert not bp.paper.other_net and _paper_cell(bp, top5=False) == "0.00 / 1.46"
+    marked = {row.key for row in table.rows if row.paper is not None and row.paper.other_net}
+    assert "fashion_mnist/conv_bp" in marked and "fashion_mnist/fc_dtp" not in marked
