@@ -31,7 +31,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "random hyperparameter search with pruning: SLURM job arrays or a local pool (--local)",
     "reproduce": "run the paper's experiments and tabulate them",
     "doctor": "check a node: versions, GPUs, DALI vs driver, environment, one step of every rule",
-    "bench": "benchmarks: layers, data, train, scale, ddp, pool (ratios against a same-process baseline)",
+    "bench": "benchmarks: layers, data, train, scale, ddp, pool, gpu, precision (ratios to a same-process baseline)",
 }
 
 

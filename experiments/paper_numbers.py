@@ -1,6 +1,7 @@
 """The papers' printed results (error %), as data for the tables of tables.py: ICLR 2018
-Tables 1-3 from its text, NeurIPS 2018 via /work/shared/reference/neurips2018-facts.md (whose
-row alignment is partly reconstructed). (rule, schedule) -> (train, test) per architecture
+Tables 1-3 from its text, NeurIPS 2018 (Bartunov et al., "Assessing the scalability of
+biologically-motivated deep learning algorithms and architectures") from its tables, whose row
+alignment is partly reconstructed. (rule, schedule) -> (train, test) per architecture
 label; ImageNet: (top-1, top-5) test."""
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--budget",
         default="small",
         choices=tuple(dict.fromkeys(b for t in TABLES.values() for b in t.budgets)),
-        help="small: minutes per row on a CPU (the default); full (fashion-mnist): a pruned random search "
-        "per row, then the chosen configuration to 30 epochs over 3 seeds; paper: the paper's epochs",
+        help="small: minutes per row on a CPU (the default); full (fashion-mnist, later-fashion-mnist): a pruned "
+        "random search per row, then the chosen configuration to 30 epochs over 3 seeds; paper: the paper's epochs",
     )
     parser.add_argument("--out", help="output directory (runs/, results.md, results.csv, figures/)")
     parser.add_argument(
